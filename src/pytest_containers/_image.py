@@ -1,0 +1,25 @@
+"""The image a test runs on, as the image cache resolved it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image present in the engine.
+
+    ``ref`` is the reference as the test declared it (``redis:7``), ``resolved_ref`` the
+    one the engine was asked for after any mirror or pin, ``id`` the engine's image id and
+    ``digest`` the registry's content digest (``sha256:…``; ``None`` for a local build).
+    ``source`` says how it got there: ``"pulled"``, ``"present"``, ``"loaded"`` or
+    ``"built"``; ``seconds`` how long that took.
+    """
+
+    ref: str
+    resolved_ref: str
+    id: str
+    digest: str | None = None
+    platform: str | None = None
+    source: str = "present"
+    seconds: float = 0.0

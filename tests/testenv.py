@@ -1,0 +1,133 @@
+"""The local test environment, as scripts/testenv.sh made it.
+
+The registry's address and the seed images' names come from testenv/settings.env, the one
+place that the scripts, the examples and this suite share. The helpers here count pulls in
+the registry's access log and make images that no engine has seen, so that pulls are cold.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tarfile
+import uuid
+from pathlib import Path
+
+import docker
+import docker.errors
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _read_settings() -> dict[str, str]:
+    settings: dict[str, str] = {}
+    for line in (ROOT / "testenv" / "settings.env").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.partition("=")
+        settings[key] = os.environ.get(key, value)
+    return settings
+
+
+SETTINGS = _read_settings()
+REGISTRY = SETTINGS["TESTENV_REGISTRY"]
+TESTENV_DIR = Path(SETTINGS["TESTENV_DIR"])
+REGISTRY_LOG = TESTENV_DIR / "registry.log"
+
+#: Docker Hub style names of the seed images; pull them with --container-mirror=REGISTRY.
+BUSYBOX = "busybox:" + SETTINGS["TESTENV_BUSYBOX_TAGS"].split()[0]
+REDIS = "redis:" + SETTINGS["TESTENV_REDIS_TAGS"].split()[0]
+
+#: The plugin option that points Docker Hub names at the local registry.
+MIRROR_OPTION = f"--container-mirror={REGISTRY}"
+
+
+def hub_repository(name: str) -> str:
+    """``busybox`` -> ``library/busybox``: the repository path the registry logs."""
+    return name if "/" in name else f"library/{name}"
+
+
+class RegistryLog:
+    """The registry's access log from the moment this object was made on.
+
+    Each ``docker pull`` asks once for the tag's manifest (HEAD or GET
+    /v2/<name>/manifests/<tag>), then GETs by digest only what the engine lacks.
+    """
+
+    def __init__(self, path: Path = REGISTRY_LOG) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def lines(self) -> list[str]:
+        with self.path.open("rb") as log:
+            log.seek(self.offset)
+            return log.read().decode(errors="replace").splitlines()
+
+    def manifest_requests(self, image: str) -> int:
+        """How many pulls asked for the manifest of ``image`` (``name:tag``, Hub style)."""
+        name, _, tag = image.rpartition(":")
+        pattern = re.compile(
+            rf'"(?:HEAD|GET) /v2/{re.escape(hub_repository(name))}/manifests/{re.escape(tag)} '
+        )
+        return sum(1 for line in self.lines() if pattern.search(line))
+
+    def blob_downloads(self, image: str) -> int:
+        """How many blobs (layers, configs) of ``image``'s repository were downloaded."""
+        name = image.rpartition(":")[0]
+        pattern = re.compile(rf'"GET /v2/{re.escape(hub_repository(name))}/blobs/sha256:')
+        return sum(1 for line in self.lines() if pattern.search(line))
+
+
+def _busybox_tar(marker: str) -> bytes:
+    """A root filesystem with a static busybox and a file that makes the image unique."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add("/bin/busybox", arcname="bin/busybox")
+        for applet in ("sh", "sleep", "echo", "cat", "nc", "httpd", "true", "false", "ls"):
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type = tarfile.SYMTYPE
+            link.linkname = "busybox"
+            tar.addfile(link)
+        for directory in ("tmp", "etc"):
+            info = tarfile.TarInfo(directory)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o1777 if directory == "tmp" else 0o755
+            tar.addfile(info)
+        data = marker.encode()
+        info = tarfile.TarInfo("etc/image-id")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def push_unique_image(client: docker.DockerClient, prefix: str = "pct") -> str:
+    """Push a small busybox image that no engine has seen to the registry, under a new
+    Hub-style name, and leave it out of the engine. Returns the name (``pct-1a2b…:1``)."""
+    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    target = f"{REGISTRY}/library/{name}"
+    client.api.import_image_from_data(
+        _busybox_tar(name), repository=target, tag="1", changes=['CMD ["sh"]', "ENV PATH=/bin"]
+    )
+    for _ in client.api.push(target, tag="1", stream=True, decode=True):
+        pass
+    remove_image(client, f"{target}:1")
+    return f"{name}:1"
+
+
+def remove_image(client: docker.DockerClient, reference: str) -> None:
+    """Remove ``reference`` and every other tag of the same image, so the next pull is cold."""
+    try:
+        image = client.images.get(reference)
+    except docker.errors.ImageNotFound:
+        return
+    for tag in image.tags or [image.id]:
+        try:
+            client.images.remove(tag, force=True)
+        except docker.errors.ImageNotFound:
+            pass
+    try:
+        client.images.remove(image.id, force=True)
+    except docker.errors.ImageNotFound:
+        pass
