@@ -1,0 +1,64 @@
+"""What the plugin costs a suite that uses no container.
+
+Runs a generated suite of 1,000 trivial tests with the plugin and with ``-p no:containers``,
+alternating the two, and prints the median wall time of each and their ratio. The target is a
+ratio within 1.05.
+
+    .venv/bin/python bench/overhead.py [--tests 1000] [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def write_suite(directory: Path, tests: int) -> None:
+    per_file = 100
+    for index in range(0, tests, per_file):
+        body = "".join(
+            f"def test_{n}():\n    assert {n} == {n}\n\n"
+            for n in range(index, min(index + per_file, tests))
+        )
+        (directory / f"test_plain_{index // per_file}.py").write_text(body)
+
+
+def run_pytest(directory: Path, *extra: str) -> float:
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra]
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=directory, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"pytest failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--tests", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        write_suite(directory, args.tests)
+        (directory / "pytest.ini").write_text("[pytest]\n")
+        run_pytest(directory)  # warm the file cache and byte-code
+        with_plugin: list[float] = []
+        without_plugin: list[float] = []
+        for _ in range(args.rounds):
+            with_plugin.append(run_pytest(directory))
+            without_plugin.append(run_pytest(directory, "-p", "no:containers"))
+    on, off = statistics.median(with_plugin), statistics.median(without_plugin)
+    print(f"{args.tests} tests without containers, median of {args.rounds} rounds")
+    print(f"  with pytest-containers:     {on:.3f} s")
+    print(f"  with -p no:containers:      {off:.3f} s")
+    print(f"  ratio: {on / off:.3f} (target <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()
