@@ -5,7 +5,7 @@ from collections.abc import Callable, Iterator
 import docker
 import pytest
 
-from tests.testenv import RegistryLog, push_unique_image, remove_image
+from tests.testenv import REGISTRY, RegistryLog, push_unique_image, remove_image
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +33,5 @@ def unique_image(docker_client: docker.DockerClient) -> Iterator[Callable[[], st
         return name
 
     yield make
-    from tests.testenv import REGISTRY
-
     for name in made:
         remove_image(docker_client, f"{REGISTRY}/library/{name}")

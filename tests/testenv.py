@@ -7,6 +7,7 @@ the registry's access log and make images that no engine has seen, so that pulls
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -66,12 +67,29 @@ class RegistryLog:
             return log.read().decode(errors="replace").splitlines()
 
     def manifest_requests(self, image: str) -> int:
-        """How many pulls asked for the manifest of ``image`` (``name:tag``, Hub style)."""
+        """How many pulls asked for the manifest of ``image`` (``name:tag``, Hub style).
+
+        The engine asks HEAD first; when that is a 404 it asks GET as well, for the same
+        pull, so a GET that follows an unanswered HEAD is not counted again.
+        """
         name, _, tag = image.rpartition(":")
         pattern = re.compile(
-            rf'"(?:HEAD|GET) /v2/{re.escape(hub_repository(name))}/manifests/{re.escape(tag)} '
+            rf'"(HEAD|GET) /v2/{re.escape(hub_repository(name))}/manifests/{re.escape(tag)} '
+            r'HTTP/[0-9.]+" (\d{3})'
         )
-        return sum(1 for line in self.lines() if pattern.search(line))
+        pulls = unanswered_heads = 0
+        for line in self.lines():
+            match = pattern.search(line)
+            if match is None:
+                continue
+            method, status = match.groups()
+            if method == "GET" and unanswered_heads:
+                unanswered_heads -= 1
+                continue
+            pulls += 1
+            if method == "HEAD" and status == "404":
+                unanswered_heads += 1
+        return pulls
 
     def blob_downloads(self, image: str) -> int:
         """How many blobs (layers, configs) of ``image``'s repository were downloaded."""
@@ -122,12 +140,6 @@ def remove_image(client: docker.DockerClient, reference: str) -> None:
         image = client.images.get(reference)
     except docker.errors.ImageNotFound:
         return
-    for tag in image.tags or [image.id]:
-        try:
-            client.images.remove(tag, force=True)
-        except docker.errors.ImageNotFound:
-            pass
-    try:
-        client.images.remove(image.id, force=True)
-    except docker.errors.ImageNotFound:
-        pass
+    for name in [*image.tags, str(image.id)]:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            client.images.remove(name, force=True)

@@ -1,0 +1,613 @@
+"""The image cache against the real engine and registry: pulls are counted in the
+registry's access log, so "pulled once" means one manifest request, not one log line of
+ours. Concurrency is real too: OS processes, each with its own cache, like xdist workers.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from pytest_containers._cache import ImageCache, PullPolicy
+from pytest_containers._image import Image
+from pytest_containers._pull import PullProgress
+from pytest_containers._reference import parse_reference
+from pytest_containers.errors import (
+    ContainerError,
+    ImageNotFoundError,
+    ImagePullError,
+    ImageReferenceError,
+)
+from tests.testenv import REGISTRY, ROOT, RegistryLog, remove_image
+
+pytestmark = pytest.mark.docker
+
+MakeImage = Callable[[], str]
+
+
+def _cache(
+    client: docker.DockerClient, cache_dir: Path, run_id: str = "run-1", **options: Any
+) -> ImageCache:
+    options.setdefault("mirror", REGISTRY)
+    return ImageCache(client, cache_dir=cache_dir, run_id=run_id, **options)
+
+
+def _registry_digest(name: str) -> str:
+    """The digest the registry serves for ``name`` (``library/<repo>:<tag>``), asked with
+    GET so that it does not look like a pull (HEAD) in the log's manifest counts."""
+    repository, _, tag = name.rpartition(":")
+    request = urllib.request.Request(
+        f"http://{REGISTRY}/v2/{repository}/manifests/{tag}",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+        method="GET",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return str(response.headers["Docker-Content-Digest"])
+
+
+def _failed_pulls(log: RegistryLog, image: str) -> int:
+    """Pulls of ``image`` that the registry answered "manifest unknown". The engine asks
+    HEAD first and, on a 404, GET again, so each such pull logs two manifest requests;
+    the HEADs count the pulls."""
+    name, _, tag = image.rpartition(":")
+    needle = f'"HEAD /v2/library/{name}/manifests/{tag} '
+    return sum(1 for line in log.lines() if needle in line)
+
+
+# -- several processes ------------------------------------------------------------------
+
+# Each child is an xdist worker in miniature: its own client and cache, the shared
+# cache directory. They all wait for a "go" file so that their get() calls coincide.
+_CHILD = """
+import json, sys, time
+from pathlib import Path
+import docker
+from pytest_containers._cache import ImageCache
+from pytest_containers.errors import ImagePullError
+
+cfg = json.loads(sys.argv[1])
+cache = ImageCache(
+    docker.from_env(timeout=120), cache_dir=Path(cfg["cache_dir"]), run_id=cfg["run_id"],
+    policy=cfg["policy"], mirror=cfg["mirror"], retry_budget=cfg["retry_budget"],
+)
+cache.engine_id
+print("ready", flush=True)
+go = Path(cfg["go"])
+while not go.exists():
+    time.sleep(0.002)
+try:
+    image = cache.get(cfg["image"])
+    out = {"id": image.id, "source": image.source, "digest": image.digest}
+except ImagePullError as error:
+    out = {"error": type(error).__name__, "kind": error.kind, "message": error.message}
+print(json.dumps(out), flush=True)
+"""
+
+
+def _in_processes(
+    tmp_path: Path,
+    image: str,
+    run_ids: list[str],
+    *,
+    policy: str = "missing",
+    retry_budget: float = 5.0,
+) -> list[dict[str, Any]]:
+    """Run one child per run id, all calling get(image) at the same moment."""
+    go = tmp_path / f"go-{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    children = []
+    for run_id in run_ids:
+        cfg = {
+            "cache_dir": str(tmp_path / "cache"),
+            "run_id": run_id,
+            "policy": policy,
+            "mirror": REGISTRY,
+            "retry_budget": retry_budget,
+            "go": str(go),
+            "image": image,
+        }
+        children.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _CHILD, json.dumps(cfg)],
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
+    try:
+        for child in children:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "ready"
+        go.touch()
+        results = []
+        for child in children:
+            out, _ = child.communicate(timeout=60)
+            assert child.returncode == 0
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        return results
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+
+# -- a registry that misbehaves on purpose ----------------------------------------------
+
+
+class _Misbehaving(http.server.ThreadingHTTPServer):
+    """Forwards to the test registry, except that it answers 429 to manifest requests
+    (``mode="rate-limit"``) or never answers blob requests (``mode="stall-blobs"``)."""
+
+    daemon_threads = True
+
+    def __init__(self, mode: str) -> None:
+        super().__init__(("127.0.0.1", 0), _MisbehavingHandler)
+        self.mode = mode
+        self.release = threading.Event()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+
+class _MisbehavingHandler(http.server.BaseHTTPRequestHandler):
+    server: _Misbehaving
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self._answer(body=False)
+
+    def do_GET(self) -> None:
+        self._answer(body=True)
+
+    def _answer(self, *, body: bool) -> None:
+        if self.server.mode == "rate-limit" and "/manifests/" in self.path:
+            payload = json.dumps(
+                {
+                    "errors": [
+                        {
+                            "code": "TOOMANYREQUESTS",
+                            "message": "You have reached your pull rate limit.",
+                        }
+                    ]
+                }
+            ).encode()
+            self.send_response(429)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if body:
+                self.wfile.write(payload)
+            return
+        if self.server.mode == "stall-blobs" and "/blobs/" in self.path:
+            self.server.release.wait(60)
+            return
+        request = urllib.request.Request(
+            f"http://{REGISTRY}{self.path}",
+            headers={k: v for k, v in self.headers.items() if k.lower() != "host"},
+            method=self.command,
+        )
+        try:
+            response = urllib.request.urlopen(request, timeout=10)
+        except urllib.error.HTTPError as error:
+            response = error
+        with response:
+            data = response.read()
+            self.send_response(response.status)
+            for key, value in response.headers.items():
+                if key.lower() not in ("connection", "transfer-encoding"):
+                    self.send_header(key, value)
+            self.end_headers()
+            if body:
+                self.wfile.write(data)
+
+
+@contextmanager
+def _misbehaving(mode: str) -> Iterator[_Misbehaving]:
+    server = _Misbehaving(mode)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- one process -----------------------------------------------------------------------
+
+
+def test_cold_get_pulls_once_then_finds_it_present(
+    docker_client: docker.DockerClient, unique_image: MakeImage, tmp_path: Path
+) -> None:
+    image = unique_image()
+    log = RegistryLog()
+    progress: list[PullProgress] = []
+    cache = _cache(docker_client, tmp_path, on_progress=progress.append)
+
+    first = cache.get(image)
+    assert log.manifest_requests(image) == 1
+    second = cache.get(image)
+    assert log.manifest_requests(image) == 1
+
+    assert (first.source, second.source) == ("pulled", "present")
+    assert first.ref == image
+    assert first.resolved_ref == f"{REGISTRY}/library/{image}"
+    assert first.id == second.id == docker_client.images.get(first.resolved_ref).id
+    assert first.digest == second.digest == _registry_digest(f"library/{image}")
+    assert progress
+    assert progress[-1].done
+    assert cache.resolved() == [first]
+    state = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert state["run_id"] == "run-1"
+    assert state["image_id"] == first.id
+    assert state["digest"] == first.digest
+    assert state["error"] is None
+
+
+def test_threads_asking_at_once_cause_one_pull(
+    docker_client: docker.DockerClient, unique_image: MakeImage, tmp_path: Path
+) -> None:
+    image = unique_image()
+    log = RegistryLog()
+    cache = _cache(docker_client, tmp_path)
+    barrier = threading.Barrier(8)
+    results: list[Image] = []
+
+    def get() -> None:
+        barrier.wait()
+        results.append(cache.get(image))
+
+    threads = [threading.Thread(target=get) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert len(results) == 8
+    assert log.manifest_requests(image) == 1
+    assert len({result.id for result in results}) == 1
+    assert sorted(result.source for result in results).count("pulled") >= 1
+
+
+def test_invalid_reference_fails_before_any_docker_call(tmp_path: Path) -> None:
+    class NoEngine:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"the engine was asked for {name}")
+
+    cache = ImageCache(NoEngine(), cache_dir=tmp_path, run_id="r")  # type: ignore[arg-type]
+    for bad in ("Redis:7", "redis:", "redis@sha256:123", "a b"):
+        with pytest.raises(ImageReferenceError):
+            cache.get(bad)
+    with pytest.raises(ImageReferenceError):
+        cache.get("redis:7", platform="linux")
+
+
+def test_never_policy_fails_fast_on_a_missing_image(
+    docker_client: docker.DockerClient, unique_image: MakeImage, tmp_path: Path
+) -> None:
+    image = unique_image()
+    log = RegistryLog()
+    cache = _cache(docker_client, tmp_path, policy=PullPolicy.NEVER)
+    started = time.monotonic()
+    with pytest.raises(ImageNotFoundError) as caught:
+        cache.get(image)
+    assert time.monotonic() - started < 2
+    assert log.manifest_requests(image) == 0
+    assert caught.value.kind == "policy"
+    assert image in str(caught.value)
+    assert "--container-pull=missing" in str(caught.value)
+
+    # Once present it is used as is, still without asking the registry.
+    _cache(docker_client, tmp_path).get(image)
+    log = RegistryLog()
+    assert cache.get(image).source == "present"
+    assert log.manifest_requests(image) == 0
+
+
+def test_digest_reference_pulls_by_digest_and_only_once(
+    docker_client: docker.DockerClient, unique_image: MakeImage, tmp_path: Path
+) -> None:
+    image = unique_image()
+    name = image.partition(":")[0]
+    digest = _registry_digest(f"library/{image}")
+    pinned = f"{name}@{digest}"
+    log = RegistryLog()
+    cache = _cache(docker_client, tmp_path, policy="always")
+    try:
+        first = cache.get(pinned)
+        second = cache.get(pinned)
+    finally:
+        remove_image(docker_client, f"{REGISTRY}/library/{pinned}")
+    by_digest = [line for line in log.lines() if f"/library/{name}/manifests/{digest} " in line]
+    assert len(by_digest) == 1  # "always" has nothing to refresh in a digest
+    assert log.manifest_requests(image) == 0  # never by tag
+    assert (first.source, second.source) == ("pulled", "present")
+    assert first.digest == digest
+    assert first.resolved_ref == f"{REGISTRY}/library/{pinned}"
+
+
+@pytest.mark.parametrize("what", ["tag", "repository"])
+def test_unknown_image_is_a_permanent_error(
+    docker_client: docker.DockerClient, tmp_path: Path, what: str
+) -> None:
+    image = "busybox:no-such-tag" if what == "tag" else f"nope-{uuid.uuid4().hex[:8]}:1"
+    log = RegistryLog()
+    cache = _cache(docker_client, tmp_path, retry_budget=30)
+    started = time.monotonic()
+    with pytest.raises(ImagePullError) as caught:
+        cache.get(image)
+    assert time.monotonic() - started < 5  # not retried
+    assert _failed_pulls(log, image) == 1
+    error = caught.value
+    assert isinstance(error, ImageNotFoundError)
+    assert error.kind == "permanent"
+    assert error.image == image
+    assert error.registry == REGISTRY
+    assert "manifest unknown" in error.reason
+    for part in (image, REGISTRY, error.reason):
+        assert part in str(error)
+
+
+def test_registry_down_is_transient_and_retried_within_the_budget(
+    docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    port = _closed_port()
+    cache = _cache(docker_client, tmp_path, mirror=f"127.0.0.1:{port}", retry_budget=2)
+    started = time.monotonic()
+    with pytest.raises(ImagePullError) as caught:
+        cache.get("busybox:1.35")
+    elapsed = time.monotonic() - started
+    assert 0.5 < elapsed < 5
+    error = caught.value
+    assert error.kind == "transient"
+    assert error.registry == f"127.0.0.1:{port}"
+    assert "connection refused" in error.reason
+    assert "busybox:1.35" in str(error)
+    assert "attempts" in str(error)
+
+
+def test_rate_limit_says_to_log_in_or_use_a_mirror(
+    docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    with _misbehaving("rate-limit") as registry:
+        cache = _cache(docker_client, tmp_path, mirror=registry.address, retry_budget=0)
+        with pytest.raises(ImagePullError) as caught:
+            cache.get("busybox:1.35")
+    assert caught.value.kind == "rate-limited"
+    assert "toomanyrequests" in caught.value.reason
+    assert "docker login" in str(caught.value)
+    assert "--container-mirror" in str(caught.value)
+
+
+def test_stalled_pull_is_aborted(
+    docker_client: docker.DockerClient, unique_image: MakeImage, tmp_path: Path
+) -> None:
+    image = unique_image()
+    with _misbehaving("stall-blobs") as registry:
+        cache = _cache(
+            docker_client, tmp_path, mirror=registry.address, stall_timeout=1, retry_budget=0
+        )
+        started = time.monotonic()
+        with pytest.raises(ImagePullError) as caught:
+            cache.get(image)
+        assert time.monotonic() - started < 5
+        # The pull's connection was cut: the thread reading it is gone.
+        for _ in range(50):
+            readers = [
+                t for t in threading.enumerate() if t.name.startswith("pytest-containers-pull")
+            ]
+            if not readers:
+                break
+            time.sleep(0.1)
+        assert not readers
+    assert caught.value.kind == "stalled"
+    assert registry.address in str(caught.value)
+    assert "last event from the engine" in caught.value.reason
+
+
+def test_corrupted_state_file_counts_as_no_record(
+    docker_client: docker.DockerClient, unique_image: MakeImage, tmp_path: Path
+) -> None:
+    image = unique_image()
+    log = RegistryLog()
+    _cache(docker_client, tmp_path, policy="always").get(image)
+    (state,) = tmp_path.glob("*.json")
+    # The same run finds its record: no second pull.
+    assert _cache(docker_client, tmp_path, policy="always").get(image).source == "present"
+    assert log.manifest_requests(image) == 1
+
+    state.write_text('{"run_id": "run-1", "image_')
+    again = _cache(docker_client, tmp_path, policy="always").get(image)
+    assert again.source == "pulled"  # no usable record: pulled anew, no crash
+    assert log.manifest_requests(image) == 2
+    assert json.loads(state.read_text())["image_id"] == again.id
+
+
+def test_killed_lock_holder_does_not_block(
+    docker_client: docker.DockerClient, unique_image: MakeImage, tmp_path: Path
+) -> None:
+    image = unique_image()
+    cache = _cache(docker_client, tmp_path, lock_timeout=10)
+    lock_path, _ = cache._paths(parse_reference(image).with_mirror(REGISTRY), None)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from pytest_containers._locks import exclusive\n"
+            "with exclusive(Path(sys.argv[1]), timeout=10, what='test'):\n"
+            "    print('locked', flush=True)\n"
+            "    time.sleep(60)\n",
+            str(lock_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ContainerError, match="timed out"):
+            _cache(docker_client, tmp_path, lock_timeout=0.3).get(image)
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(10)
+        started = time.monotonic()
+        assert cache.get(image).source == "pulled"
+        assert time.monotonic() - started < 3
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+
+
+# -- several processes -----------------------------------------------------------------
+
+
+def test_workers_of_one_run_pull_once(
+    docker_client: docker.DockerClient, unique_image: MakeImage, tmp_path: Path
+) -> None:
+    image = unique_image()
+    log = RegistryLog()
+    results = _in_processes(tmp_path, image, ["run-1"] * 4)
+    assert log.manifest_requests(image) == 1
+    assert len({result["id"] for result in results}) == 1
+    assert sorted(result["source"] for result in results) == ["present"] * 3 + ["pulled"]
+
+
+def test_two_runs_at_once_pull_once_with_policy_missing(
+    docker_client: docker.DockerClient, unique_image: MakeImage, tmp_path: Path
+) -> None:
+    image = unique_image()
+    log = RegistryLog()
+    results = _in_processes(tmp_path, image, ["run-a", "run-b", "run-a", "run-b"])
+    assert log.manifest_requests(image) == 1
+    assert len({result["id"] for result in results}) == 1
+
+
+def test_always_pulls_once_per_run(
+    docker_client: docker.DockerClient, unique_image: MakeImage, tmp_path: Path
+) -> None:
+    image = unique_image()
+    log = RegistryLog()
+    results = _in_processes(tmp_path, image, ["run-1"] * 4, policy="always")
+    assert log.manifest_requests(image) == 1
+    assert sorted(result["source"] for result in results) == ["present"] * 3 + ["pulled"]
+
+    # The image is present now, but a new run with "always" pulls it again, once.
+    results = _in_processes(tmp_path, image, ["run-2"] * 4, policy="always")
+    assert log.manifest_requests(image) == 2
+    assert sorted(result["source"] for result in results) == ["present"] * 3 + ["pulled"]
+
+
+def test_failure_is_shared_by_the_run_and_retried_by_the_next(
+    docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    image = f"nope-{uuid.uuid4().hex[:8]}:1"
+    log = RegistryLog()
+    results = _in_processes(tmp_path, image, ["run-1"] * 4)
+    assert _failed_pulls(log, image) == 1
+    assert [result["kind"] for result in results] == ["permanent"] * 4
+    assert {result["error"] for result in results} == {"ImageNotFoundError"}
+    assert len({result["message"] for result in results}) == 1
+
+    # The same run asks again later (another test): the record answers.
+    with pytest.raises(ImageNotFoundError):
+        _cache(docker_client, tmp_path / "cache").get(image)
+    assert _failed_pulls(log, image) == 1
+    # Another run tries again.
+    with pytest.raises(ImageNotFoundError):
+        _cache(docker_client, tmp_path / "cache", run_id="run-2").get(image)
+    assert _failed_pulls(log, image) == 2
+
+
+# -- prefetch ---------------------------------------------------------------------------
+
+
+def test_prefetch_pulls_in_parallel(
+    docker_client: docker.DockerClient, unique_image: MakeImage, tmp_path: Path
+) -> None:
+    images = [unique_image() for _ in range(3)]
+    log = RegistryLog()
+    windows: dict[str, list[float]] = {}
+    lock = threading.Lock()
+
+    def track(progress: PullProgress) -> None:
+        with lock:
+            windows.setdefault(progress.image, []).append(time.monotonic())
+
+    cache = _cache(docker_client, tmp_path, on_progress=track)
+    started = time.monotonic()
+    cache.prefetch((image, None) for image in images)
+    results = [cache.get(image) for image in images]
+    wall = time.monotonic() - started
+    cache.close()
+
+    assert [result.ref for result in results] == images
+    assert all(result.source == "pulled" for result in results)
+    assert all(log.manifest_requests(image) == 1 for image in images)
+    # Near the slowest single pull, well below the three end to end.
+    slowest = max(result.seconds for result in results)
+    assert wall < slowest + 1.0
+    assert wall < 0.8 * sum(result.seconds for result in results)
+    # The three were under way at the same time.
+    assert len(windows) == 3
+    assert max(times[0] for times in windows.values()) < min(
+        times[-1] for times in windows.values()
+    )
+    # Later gets find them present.
+    assert all(cache.get(image).source == "present" for image in images)
+    assert {image.ref for image in cache.resolved()} == set(images)
+
+
+def test_prefetch_error_belongs_to_its_image_only(
+    docker_client: docker.DockerClient, unique_image: MakeImage, tmp_path: Path
+) -> None:
+    good = unique_image()
+    bad = f"nope-{uuid.uuid4().hex[:8]}:1"
+    log = RegistryLog()
+    cache = _cache(docker_client, tmp_path)
+    cache.prefetch([(bad, None), (good, None), (bad, None)])
+    assert cache.get(good).source == "pulled"
+    with pytest.raises(ImageNotFoundError) as caught:
+        cache.get(bad)
+    assert caught.value.image == bad
+    with pytest.raises(ImageNotFoundError):
+        cache.get(bad)  # still failing, from the run's record, without a new pull
+    assert _failed_pulls(log, bad) == 1
+    assert log.manifest_requests(good) == 1
+    cache.close()
+
+
+def test_engine_id_is_asked_once(docker_client: docker.DockerClient, tmp_path: Path) -> None:
+    cache = _cache(docker_client, tmp_path)
+    assert cache.engine_id == docker_client.info()["ID"]
+    assert cache.engine_id is cache.engine_id
