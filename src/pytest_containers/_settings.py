@@ -6,10 +6,9 @@ the ini file, which wins over the default."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_containers._locks import default_cache_dir
 from pytest_containers._reference import parse_mirror
 
 PULL_POLICIES = ("missing", "always", "never")
@@ -94,7 +93,8 @@ class Settings:
 
     pull: str = "missing"
     mirror: str | None = None
-    cache_dir: Path = field(default_factory=default_cache_dir)
+    #: None means the default, ~/.cache/pytest-containers (see _locks.default_cache_dir).
+    cache_dir: Path | None = None
     prefetch: bool = True
     timeout: float = 60.0
     stall_timeout: float = 120.0

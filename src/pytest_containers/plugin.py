@@ -1,21 +1,40 @@
-"""pytest hooks and options of pytest-containers. Fixtures live in fixtures.py; the
-work (pulls, containers, waits) in the core modules, which know nothing of pytest."""
+"""pytest hooks and options of pytest-containers.
+
+Hooks only: fixtures live in fixtures.py, and the work (pulls, containers, waits) in the
+core modules, which know nothing of pytest. Nothing here touches Docker, or even imports
+docker-py, until a collected test declares a container.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
+from collections.abc import Generator
+from typing import Any
 
 import pytest
 
-from pytest_containers._settings import OPTIONS, SettingError, Settings, resolve_settings
+from pytest_containers._markers import MarkerError, declarations
+from pytest_containers._settings import OPTIONS, SettingError, resolve_settings
+from pytest_containers._state import PluginState, plugin_state, state_key
+from pytest_containers.fixtures import (
+    container,
+    container_client,
+    container_factory,
+    containers,
+    used_containers_key,
+)
 
-settings_key = pytest.StashKey[Settings]()
+__all__ = ["container", "container_client", "container_factory", "containers"]
 
 MARKER_HELP = (
     "container(image, *more_images, name=None, ports=(), env=None, command=None, "
     "wait=None, scope='function', ...): run the test with a ready container of the image; "
-    "several images parametrize the test"
+    "several images parametrize the test. See the pytest-containers README."
 )
+_WORKER_IMAGES = "pytest_containers_images"
+_WORKER_USED = "pytest_containers_used"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -50,10 +69,152 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     except SettingError as error:
         raise pytest.UsageError(str(error)) from None
-    config.stash[settings_key] = settings
+    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        run_id, worker = str(workerinput["testrunuid"]), str(workerinput["workerid"])
+    else:
+        run_id = getattr(config.option, "testrunuid", None) or uuid.uuid4().hex
+        worker = "main"
+    config.stash[state_key] = PluginState(
+        settings=settings, run_id=run_id, worker=worker, is_worker=workerinput is not None
+    )
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistHooks(), "containers-xdist")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    config = session.config
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and config.get_verbosity() >= 0:
+        from pytest_containers._progress import PullReporter
+
+        plugin_state(config).on_progress = PullReporter(reporter.write_line)
+
+
+class XdistHooks:
+    """Hooks that exist only when pytest-xdist is installed."""
+
+    @pytest.hookimpl
+    def pytest_configure_node(self, node: Any) -> None:
+        # The controller adopts xdist's run id, so that its labels match the workers'.
+        plugin_state(node.config).run_id = str(node.workerinput["testrunuid"])
+
+    @pytest.hookimpl
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        output = getattr(node, "workeroutput", {}) or {}
+        state = plugin_state(node.config)
+        state.worker_images.extend(output.get(_WORKER_IMAGES, []))
+        state.used_containers = state.used_containers or bool(output.get(_WORKER_USED))
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    settings = config.stash[settings_key]
+    settings = plugin_state(config).settings
     mirror = f", mirror {settings.mirror}" if settings.mirror else ""
     return [f"containers: pull {settings.pull}{mirror}"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A marker with several images parametrizes the test, one item per image."""
+    try:
+        declared = declarations(metafunc.definition)
+    except MarkerError as error:
+        raise pytest.Collector.CollectError(str(error)) from None
+    for declaration in declared:
+        if len(declaration.images) > 1:
+            # Direct parametrization of a name no fixture has: pytest only asks that the
+            # test "uses" it, and the containers fixture reads it from the callspec.
+            metafunc.fixturenames.append(declaration.param)
+            metafunc.parametrize(
+                declaration.param, declaration.images, ids=list(declaration.images)
+            )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    state = plugin_state(config)
+    for item in items:
+        declared = declarations(item)
+        if not declared:
+            continue
+        # A marked test gets its containers even when it asks for no fixture.
+        fixturenames: list[str] = getattr(item, "fixturenames", [])
+        if "containers" not in fixturenames:
+            fixturenames.append("containers")
+        callspec = getattr(item, "callspec", None)
+        for declaration in declared:
+            image = declaration.images[0]
+            if callspec is not None and declaration.param in callspec.params:
+                image = callspec.params[declaration.param]
+            platform = dict(declaration.kwargs).get("platform")
+            state.declared_images.setdefault((image, platform), None)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    state = plugin_state(session.config)
+    if state.declared_images and state.settings.prefetch and not session.config.option.collectonly:
+        state.manager().prefetch(list(state.declared_images))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        for used in item.stash.get(used_containers_key, []):
+            try:
+                logs = used.logs()
+            except Exception as error:  # the container may be gone; say so, don't crash
+                logs = f"(logs unavailable: {error})"
+            report.sections.append((f"container logs: {used.name} ({used.image.ref})", logs))
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    state = plugin_state(session.config)
+    if state.has_manager:
+        manager = state.manager()
+        manager.close()
+        if state.is_worker:
+            workeroutput = session.config.workeroutput  # type: ignore[attr-defined]
+            workeroutput[_WORKER_IMAGES] = [_image_record(i) for i in manager.resolved_images()]
+            workeroutput[_WORKER_USED] = state.used_containers
+    if not state.is_worker and state.used_containers:
+        # The whole run ends here: run-scoped containers, and any a dead worker left.
+        from pytest_containers.errors import ContainerError
+
+        with contextlib.suppress(ContainerError):
+            state.manager().remove_run_containers()
+
+
+def _image_record(image: Any) -> dict[str, object]:
+    return {
+        "ref": image.ref,
+        "resolved_ref": image.resolved_ref,
+        "id": image.id,
+        "digest": image.digest,
+        "source": image.source,
+        "seconds": image.seconds,
+    }
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    state = plugin_state(config)
+    records = [_image_record(image) for image in state.resolved_images()]
+    records += state.worker_images
+    if not records:
+        return
+    merged: dict[str, dict[str, object]] = {}
+    for record in records:
+        ref = str(record["ref"])
+        # One line per image: the process that pulled it tells the most.
+        if ref not in merged or record["source"] == "pulled":
+            merged[ref] = record
+    terminalreporter.section("containers: images", sep="-")
+    width = max(len(ref) for ref in merged)
+    for ref, record in sorted(merged.items()):
+        digest = str(record["digest"] or record["id"])
+        short = digest.split(":", 1)[-1][:12]
+        terminalreporter.write_line(
+            f"{ref:<{width}}  {short}  {record['source']:<8} {float(str(record['seconds'])):.2f} s"
+        )

@@ -1,0 +1,241 @@
+"""Everything one pytest process does with the engine: the lazily made client, the image
+cache, and the containers it started, grouped by the scope that owns them.
+
+pytest-free: the plugin tells it when a scope starts and ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import docker
+import docker.errors
+
+from pytest_containers._cache import ImageCache, PullPolicy
+from pytest_containers._containers import (
+    Container,
+    ContainerSpec,
+    docker_host,
+    remove_container,
+    start_container,
+)
+from pytest_containers._engine import connect
+from pytest_containers._image import Image
+from pytest_containers._locks import (
+    default_cache_dir,
+    ensure_private_dir,
+    exclusive,
+    key_path,
+    read_json,
+    write_json_atomic,
+)
+from pytest_containers._pull import PullProgress
+from pytest_containers._settings import Settings
+from pytest_containers.errors import ContainerError, EngineUnavailableError
+
+LABEL_PREFIX = "pytest-containers"
+RUN_LABEL = f"{LABEL_PREFIX}.run"
+SCOPE_LABEL = f"{LABEL_PREFIX}.scope"
+
+SCOPES = ("function", "class", "module", "package", "session", "run")
+
+
+@dataclass
+class _Scope:
+    """The containers one scope (a test, class, module, ... or the run) holds."""
+
+    containers: dict[ContainerSpec, Container] = field(default_factory=dict)
+
+
+def spec_fingerprint(spec: ContainerSpec) -> str:
+    """A digest of the spec that is the same in every process of a run."""
+    return hashlib.sha256(repr(spec).encode()).hexdigest()[:16]
+
+
+class ContainerManager:
+    """Images and containers for one pytest process (a worker, or the only process)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        run_id: str,
+        worker: str,
+        on_progress: Callable[[PullProgress], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.run_id = run_id
+        self.worker = worker
+        self._on_progress = on_progress
+        self._client: docker.DockerClient | None = None
+        self._client_error: EngineUnavailableError | None = None
+        self._cache: ImageCache | None = None
+        self._lock = threading.RLock()
+        self._scopes: dict[str, _Scope] = {}
+        self.cache_dir = settings.cache_dir or default_cache_dir()
+
+    # -- the engine and the images -------------------------------------------------
+
+    @property
+    def client(self) -> docker.DockerClient:
+        """The docker-py client, made on first use; a missing engine is reported once."""
+        with self._lock:
+            if self._client is None:
+                if self._client_error is not None:
+                    raise self._client_error
+                try:
+                    self._client = connect()
+                except EngineUnavailableError as error:
+                    self._client_error = error
+                    raise
+            return self._client
+
+    @property
+    def cache(self) -> ImageCache:
+        with self._lock:
+            if self._cache is None:
+                self._cache = ImageCache(
+                    self.client,
+                    cache_dir=ensure_private_dir(self.cache_dir),
+                    run_id=self.run_id,
+                    policy=PullPolicy(self.settings.pull),
+                    mirror=self.settings.mirror,
+                    stall_timeout=self.settings.stall_timeout,
+                    on_progress=self._on_progress,
+                )
+            return self._cache
+
+    def image(self, image: str, *, platform: str | None = None) -> Image:
+        """The image in the engine, pulled under the cache's locks if the policy says so."""
+        return self.cache.get(image, platform=platform)
+
+    def prefetch(self, images: Iterable[tuple[str, str | None]]) -> None:
+        """Start pulling these images in the background; errors wait for their tests."""
+        wanted = list(images)
+        if not wanted:
+            return
+        # No engine, or no cache directory: each test reports that for itself.
+        with contextlib.suppress(ContainerError):
+            self.cache.prefetch(wanted)
+
+    def resolved_images(self) -> list[Image]:
+        return self._cache.resolved() if self._cache is not None else []
+
+    # -- containers ---------------------------------------------------------------
+
+    def labels(self, scope: str) -> dict[str, str]:
+        """Labels that say who made a container, for cleanup and for `docker ps`."""
+        return {
+            RUN_LABEL: self.run_id,
+            f"{LABEL_PREFIX}.worker": self.worker,
+            f"{LABEL_PREFIX}.pid": str(os.getpid()),
+            f"{LABEL_PREFIX}.host": socket.gethostname(),
+            SCOPE_LABEL: scope,
+        }
+
+    def _name(self, spec: ContainerSpec) -> str:
+        slug = re.sub(r"[^a-zA-Z0-9_.-]+", "-", spec.name or spec.image.split("/")[-1])
+        return f"pytest-containers-{self.run_id[:8]}-{slug.strip('-')[:40]}-{uuid.uuid4().hex[:6]}"
+
+    def start(
+        self, spec: ContainerSpec, *, scope: str = "function", scope_key: str = ""
+    ) -> Container:
+        """A ready container for ``spec``. Within one scope key the same spec gives the
+        same container; ``function`` scope always starts a new one (the caller removes it)."""
+        image = self.image(spec.image, platform=spec.platform)
+        if scope == "function":
+            return self._start(image, spec, "function")
+        key = f"{scope}:{scope_key}"
+        with self._lock:
+            held = self._scopes.setdefault(key, _Scope())
+            if spec not in held.containers:
+                if scope == "run":
+                    held.containers[spec] = self._run_scoped(image, spec)
+                else:
+                    held.containers[spec] = self._start(image, spec, scope)
+            return held.containers[spec]
+
+    def _start(self, image: Image, spec: ContainerSpec, scope: str) -> Container:
+        return start_container(
+            self.client,
+            image,
+            spec,
+            labels=self.labels(scope),
+            wait_timeout=self.settings.timeout,
+            name=self._name(spec),
+        )
+
+    def _run_scoped(self, image: Image, spec: ContainerSpec) -> Container:
+        """One container for the whole run: the first worker starts it under a lock and
+        records its id; the others attach to it. The run's end removes it."""
+        directory = ensure_private_dir(self.cache_dir) / "run-scoped"
+        directory.mkdir(exist_ok=True)
+        fingerprint = spec_fingerprint(spec)
+        lock = key_path(directory, self.run_id, fingerprint, suffix=".lock")
+        state = lock.with_suffix(".json")
+        with exclusive(lock, timeout=self.settings.timeout * 2, what=f"run-scoped {spec.image}"):
+            record = read_json(state)
+            if record and record.get("run_id") == self.run_id:
+                attached = self._attach(str(record.get("container_id")), image, spec)
+                if attached is not None:
+                    return attached
+            container = self._start(image, spec, "run")
+            write_json_atomic(
+                state, {"run_id": self.run_id, "container_id": container.id, "spec": fingerprint}
+            )
+            return container
+
+    def _attach(self, container_id: str, image: Image, spec: ContainerSpec) -> Container | None:
+        try:
+            raw = self.client.containers.get(container_id)
+        except docker.errors.NotFound:
+            return None
+        if raw.status != "running":
+            return None
+        return Container(
+            raw, image, spec, host=docker_host(self.client), wait_timeout=self.settings.timeout
+        )
+
+    def end_scope(self, scope: str, scope_key: str) -> None:
+        """Remove the containers a scope held (run scope: see remove_run_containers)."""
+        with self._lock:
+            held = self._scopes.pop(f"{scope}:{scope_key}", None)
+        if held is not None and scope != "run":
+            for container in held.containers.values():
+                remove_container(container)
+
+    def remove(self, container: Container) -> None:
+        remove_container(container)
+
+    def close(self) -> None:
+        """Remove every container this process still holds (run-scoped ones excepted:
+        they belong to the whole run) and stop background pulls."""
+        with self._lock:
+            scopes, self._scopes = self._scopes, {}
+        for key, held in scopes.items():
+            if not key.startswith("run:"):
+                for container in held.containers.values():
+                    remove_container(container)
+        if self._cache is not None:
+            self._cache.close()
+
+    def remove_run_containers(self) -> int:
+        """At the end of the whole run: remove what is left with this run's label
+        (run-scoped containers, and those of workers that died). Returns how many."""
+        removed = 0
+        filters: dict[str, str | list[str] | bool] = {"label": f"{RUN_LABEL}={self.run_id}"}
+        for raw in self.client.containers.list(all=True, filters=filters):
+            try:
+                raw.remove(force=True, v=True)
+                removed += 1
+            except docker.errors.NotFound:
+                pass
+        return removed

@@ -1,0 +1,65 @@
+"""The plugin's per-process state, kept in ``config.stash``."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pytest_containers._settings import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pytest_containers._image import Image
+    from pytest_containers._manager import ContainerManager
+    from pytest_containers._pull import PullProgress
+
+
+@dataclass
+class PluginState:
+    """What one pytest process knows: its settings and run, and (made on first use, so a
+    run without containers never imports docker) the manager of images and containers."""
+
+    settings: Settings
+    run_id: str
+    worker: str
+    is_worker: bool
+    #: Images the collected tests declare, with their platform, in order of first use.
+    declared_images: dict[tuple[str, str | None], None] = field(default_factory=dict)
+    #: Images resolved by xdist workers, reported to the controller at their end.
+    worker_images: list[dict[str, object]] = field(default_factory=list)
+    used_containers: bool = False
+    #: Called with pull progress; None where nobody watches (xdist workers, ``-q``).
+    on_progress: Callable[[PullProgress], None] | None = None
+    _manager: ContainerManager | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def has_manager(self) -> bool:
+        return self._manager is not None
+
+    def manager(self) -> ContainerManager:
+        with self._lock:
+            if self._manager is None:
+                from pytest_containers._manager import ContainerManager
+
+                self._manager = ContainerManager(
+                    self.settings,
+                    run_id=self.run_id,
+                    worker=self.worker,
+                    on_progress=self.on_progress,
+                )
+            return self._manager
+
+    def resolved_images(self) -> list[Image]:
+        return self._manager.resolved_images() if self._manager is not None else []
+
+
+state_key = pytest.StashKey[PluginState]()
+
+
+def plugin_state(config: pytest.Config) -> PluginState:
+    return config.stash[state_key]
