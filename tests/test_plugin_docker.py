@@ -13,16 +13,11 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.testenv import BUSYBOX, MIRROR_OPTION, REDIS, RegistryLog
+from tests.testenv import BUSYBOX, MIRROR_OPTION, REDIS, RegistryLog, run_containers
 
 pytestmark = pytest.mark.docker
 
 RunSuite = Callable[..., pytest.RunResult]
-
-
-def leftovers(client: docker.DockerClient, run_id: str) -> list[str]:
-    found = client.containers.list(all=True, filters={"label": f"pytest-containers.run={run_id}"})
-    return [str(container.name) for container in found]
 
 
 @pytest.fixture
@@ -53,7 +48,7 @@ def run_suite(
 
     yield run
     for run_id in run_ids:
-        assert leftovers(docker_client, run_id) == []
+        assert run_containers(docker_client, run_id) == []
 
 
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
@@ -183,7 +178,7 @@ def test_two_concurrent_runs_pull_a_cold_image_once_in_total(
         assert "4 passed" in output
     assert registry_log.manifest_requests(image) == 1
     for run_id in run_ids:
-        assert leftovers(docker_client, run_id) == []
+        assert run_containers(docker_client, run_id) == []
 
 
 def test_a_container_that_exits_at_once_errors_its_test_quickly_and_others_go_on(

@@ -9,7 +9,7 @@ import uuid
 import docker
 import pytest
 
-from tests.testenv import MIRROR_OPTION, ROOT
+from tests.testenv import MIRROR_OPTION, ROOT, run_containers
 
 pytestmark = pytest.mark.docker
 
@@ -35,7 +35,4 @@ def test_a_readme_example_passes(
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed", 0) >= 1, result.stdout.str()
     assert set(outcomes) <= {"passed", "seconds"}, result.stdout.str()
-    left = docker_client.containers.list(
-        all=True, filters={"label": f"pytest-containers.run={run_id}"}
-    )
-    assert left == []
+    assert run_containers(docker_client, run_id) == []

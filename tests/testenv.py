@@ -98,6 +98,13 @@ class RegistryLog:
         return sum(1 for line in self.lines() if pattern.search(line))
 
 
+def run_containers(client: docker.DockerClient, run_id: str) -> list[str]:
+    """Names of the containers that carry the plugin's label for run ``run_id``."""
+    # The low-level call: containers.list() inspects each one, racing with removals.
+    found = client.api.containers(all=True, filters={"label": f"pytest-containers.run={run_id}"})
+    return [str(container["Names"][0]).lstrip("/") for container in found]
+
+
 def _busybox_tar(marker: str) -> bytes:
     """A root filesystem with a static busybox and a file that makes the image unique."""
     buffer = io.BytesIO()

@@ -48,6 +48,8 @@ from pytest_containers._watchdog import (
 from pytest_containers.errors import ContainerError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import docker
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "SweepResult",
     "Watchdog",
     "hold_run",
+    "mark_kept",
     "prune_run_locks",
     "run_is_alive",
     "run_lock_path",
@@ -70,6 +73,7 @@ __all__ = [
 ]
 
 _RUNS_DIR = "runs"
+_KEPT_DIR = "kept"
 _PLAIN_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 # -- run liveness ------------------------------------------------------------------
@@ -315,6 +319,7 @@ def sweep_dead_runs(
     *,
     own_run_id: str | None,
     host: str | None = None,
+    spare_kept: bool = True,
 ) -> SweepResult:
     """Remove the containers (killed, with their anonymous volumes), networks and volumes
     that dead runs of this host left behind.
@@ -327,8 +332,16 @@ def sweep_dead_runs(
     lock file at all, it is also kept while a process with one of its pid labels exists,
     as it may be a live run that uses another cache directory.
 
+    With ``spare_kept`` (the automatic sweep at start), runs that kept containers on
+    purpose (``--container-keep``, see :func:`mark_kept`) are spared; ``--container-prune``
+    passes False to remove them too.
+
     One list call per resource type; also prunes lock files of long-dead runs.
     """
+    kept_dir = cache_dir / _KEPT_DIR
+    spared = (
+        {path.name for path in kept_dir.iterdir()} if spare_kept and kept_dir.is_dir() else set()
+    )
     host = socket.gethostname() if host is None else host
     by_run: dict[str, list[Resource]] = {}
     for resource in list_labelled(client, [RUN_LABEL]):
@@ -337,7 +350,7 @@ def sweep_dead_runs(
     result = SweepResult()
     doomed: list[Resource] = []
     for run_id, resources in sorted(by_run.items()):
-        if not run_id or run_id == own_run_id:
+        if not run_id or run_id == own_run_id or run_id in spared:
             continue
         if {resource.labels.get(HOST_LABEL) for resource in resources} != {host}:
             result.other_hosts.append(run_id)
@@ -361,7 +374,17 @@ def sweep_dead_runs(
             )
         )
     result.locks_pruned = prune_run_locks(cache_dir)
+    if not spare_kept:
+        for run in result.removed:
+            (kept_dir / run.run_id).unlink(missing_ok=True)
     return result
+
+
+def mark_kept(cache_dir: Path, run_id: str, names: Iterable[str]) -> None:
+    """Record that run ``run_id`` kept these containers on purpose, so that the sweep at
+    the start of later runs leaves them for the user (``--container-prune`` removes them)."""
+    directory = ensure_private_dir(cache_dir / _KEPT_DIR)
+    (directory / run_id).write_text("".join(f"{name}\n" for name in names))
 
 
 # -- the watchdog ------------------------------------------------------------------
@@ -439,6 +462,7 @@ def start_watchdog(
     whole_run: bool,
     log_file: Path | None = None,
     deadline: float = 120.0,
+    run_lock: Path | None = None,
 ) -> Watchdog:
     """Start a watchdog that removes this process's containers if it dies.
 
@@ -452,6 +476,9 @@ def start_watchdog(
 
     The watchdog sees this process die when the last writer of its pipe is gone: a child
     forked (not exec'd) from this process holds the pipe too, so it waits for that child.
+
+    With ``run_lock`` (see :func:`hold_run`), a worker's watchdog that finds nobody holding
+    the run any more (the whole run was killed) removes the whole run's containers too.
 
     Raises :class:`~pytest_containers.errors.ContainerError` if it cannot be started.
     """
@@ -468,6 +495,8 @@ def start_watchdog(
     ]
     if whole_run:
         command.append("--whole-run")
+    if run_lock is not None:
+        command += ["--run-lock", str(run_lock)]
     docker_path = _docker_path()
     if docker_path:
         command += ["--path", docker_path]

@@ -473,6 +473,7 @@ class Container:
     def port(self, container_port: int | str) -> int:
         """The host port ``container_port`` (``6379``, ``"6379"``, ``"6379/tcp"``) is
         published on. Raises :class:`PortNotPublishedError` naming the published ones."""
+        __tracebackhide__ = True  # the user's call is the interesting frame, not this one
         key = normalize_port(container_port)
         published = self.ports
         if key in published:
@@ -487,6 +488,7 @@ class Container:
 
     def address(self, container_port: int | str) -> tuple[str, int]:
         """``(host, host_port)`` to connect to ``container_port``."""
+        __tracebackhide__ = True
         return self.host, self.port(container_port)
 
     def exec(
@@ -629,7 +631,10 @@ class Container:
                 strategy.timeout if strategy.timeout is not None else self.wait_timeout
             )
             return self._startup_error(
-                f"was not ready within {timeout:g}s waiting {wait}: {exc.reason}", strategy
+                f"was not ready within {timeout:g}s waiting {wait}: {exc.reason}. If it is "
+                "only slow, raise the wait's timeout= (or --container-timeout); otherwise "
+                "check the wait against the logs below",
+                strategy,
             )
         return self._startup_error(f"failed {wait}: {exc.reason}", strategy)
 

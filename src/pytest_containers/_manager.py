@@ -20,6 +20,7 @@ import docker
 import docker.errors
 
 from pytest_containers._cache import ImageCache, PullPolicy
+from pytest_containers._cleanup import RunHold, Watchdog, hold_run, start_watchdog, sweep_dead_runs
 from pytest_containers._containers import (
     Container,
     ContainerSpec,
@@ -69,11 +70,14 @@ class ContainerManager:
         *,
         run_id: str,
         worker: str,
+        whole_run: bool = True,
         on_progress: Callable[[PullProgress], None] | None = None,
     ) -> None:
         self.settings = settings
         self.run_id = run_id
         self.worker = worker
+        #: True for the process that ends the run (xdist's controller, or the only one).
+        self.whole_run = whole_run
         self._on_progress = on_progress
         self._client: docker.DockerClient | None = None
         self._client_error: EngineUnavailableError | None = None
@@ -81,6 +85,11 @@ class ContainerManager:
         self._lock = threading.RLock()
         self._scopes: dict[str, _Scope] = {}
         self.cache_dir = settings.cache_dir or default_cache_dir()
+        #: Containers kept for debugging (--container-keep), by id, with their test.
+        self.kept: dict[str, Container] = {}
+        self._failed: set[str] = set()
+        self._hold: RunHold | None = None
+        self._watchdog: Watchdog | None = None
 
     # -- the engine and the images -------------------------------------------------
 
@@ -96,7 +105,26 @@ class ContainerManager:
                 except EngineUnavailableError as error:
                     self._client_error = error
                     raise
+                self._guard(self._client)
             return self._client
+
+    def _guard(self, client: docker.DockerClient) -> None:
+        """Before the first container: mark this run alive, start the watchdog that
+        removes this process's containers if it dies, and sweep what dead runs left."""
+        self._hold = hold_run(ensure_private_dir(self.cache_dir), self.run_id)
+        self._watchdog = start_watchdog(
+            run_id=self.run_id,
+            worker=self.worker,
+            pid=os.getpid(),
+            whole_run=self.whole_run,
+            run_lock=self._hold.path,
+        )
+
+        def sweep() -> None:
+            with contextlib.suppress(Exception):  # best effort: --container-prune reports
+                sweep_dead_runs(client, self.cache_dir, own_run_id=self.run_id)
+
+        threading.Thread(target=sweep, name="pytest-containers-sweep", daemon=True).start()
 
     @property
     def cache(self) -> ImageCache:
@@ -109,6 +137,8 @@ class ContainerManager:
                     policy=PullPolicy(self.settings.pull),
                     mirror=self.settings.mirror,
                     stall_timeout=self.settings.stall_timeout,
+                    # A test waits on this: retry what may pass, but not for a minute.
+                    retry_budget=10.0,
                     on_progress=self._on_progress,
                 )
             return self._cache
@@ -204,37 +234,61 @@ class ContainerManager:
             raw, image, spec, host=docker_host(self.client), wait_timeout=self.settings.timeout
         )
 
+    def mark_failed(self, container: Container) -> None:
+        """A test that used ``container`` failed: --container-keep=failed keeps it."""
+        self._failed.add(container.id)
+
+    def release(self, container: Container) -> None:
+        """The owner is done with ``container``: remove it, unless it is to be kept."""
+        keep = self.settings.keep
+        if keep == "always" or (keep == "failed" and container.id in self._failed):
+            self.kept[container.id] = container
+            return
+        remove_container(container)
+
     def end_scope(self, scope: str, scope_key: str) -> None:
-        """Remove the containers a scope held (run scope: see remove_run_containers)."""
+        """Release the containers a scope held (run scope: see remove_run_containers)."""
         with self._lock:
             held = self._scopes.pop(f"{scope}:{scope_key}", None)
         if held is not None and scope != "run":
             for container in held.containers.values():
-                remove_container(container)
-
-    def remove(self, container: Container) -> None:
-        remove_container(container)
+                self.release(container)
 
     def close(self) -> None:
-        """Remove every container this process still holds (run-scoped ones excepted:
-        they belong to the whole run) and stop background pulls."""
+        """Release every container this process still holds (run-scoped ones excepted:
+        they belong to the whole run), stop background pulls, and tell the watchdog that
+        this process ends normally."""
         with self._lock:
             scopes, self._scopes = self._scopes, {}
         for key, held in scopes.items():
             if not key.startswith("run:"):
                 for container in held.containers.values():
-                    remove_container(container)
+                    self.release(container)
         if self._cache is not None:
             self._cache.close()
 
-    def remove_run_containers(self) -> int:
+    def stop_guard(self) -> None:
+        """Last of all: the watchdog may go, and the run is no longer alive here."""
+        if self._watchdog is not None:
+            self._watchdog.close()
+            self._watchdog = None
+        if self._hold is not None:
+            self._hold.release()
+            self._hold = None
+
+    def remove_run_containers(self, *, keep: Iterable[str] = ()) -> int:
         """At the end of the whole run: remove what is left with this run's label
-        (run-scoped containers, and those of workers that died). Returns how many."""
+        (run-scoped containers, and those of workers that died) but the ids in ``keep``.
+        Returns how many."""
         removed = 0
+        kept = set(keep) | set(self.kept)
         filters: dict[str, str | list[str] | bool] = {"label": f"{RUN_LABEL}={self.run_id}"}
-        for raw in self.client.containers.list(all=True, filters=filters):
+        # The low-level list: containers.list() inspects each one, racing with watchdogs.
+        for entry in self.client.api.containers(all=True, filters=filters):
+            if entry["Id"] in kept:
+                continue
             try:
-                raw.remove(force=True, v=True)
+                self.client.api.remove_container(entry["Id"], force=True, v=True)
                 removed += 1
             except docker.errors.NotFound:
                 pass

@@ -12,6 +12,8 @@ from pathlib import Path
 from pytest_containers._reference import parse_mirror
 
 PULL_POLICIES = ("missing", "always", "never")
+KEEP_POLICIES = ("never", "failed", "always")
+UNAVAILABLE_POLICIES = ("error", "skip")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -75,6 +77,21 @@ OPTIONS = (
         is_flag=True,
     ),
     Option(
+        "keep",
+        "keep containers after their tests for debugging: 'never' (default), 'failed' "
+        "(those of failed tests) or 'always'; kept ones are listed with the command that "
+        "removes them",
+        metavar="WHEN",
+        choices=KEEP_POLICIES,
+    ),
+    Option(
+        "unavailable",
+        "when no Docker engine answers: 'error' (default) fails the tests that need one, "
+        "'skip' skips them; other tests run either way",
+        metavar="ACTION",
+        choices=UNAVAILABLE_POLICIES,
+    ),
+    Option(
         "timeout",
         "seconds a container may take to become ready (default: 60)",
         metavar="SECONDS",
@@ -96,6 +113,8 @@ class Settings:
     #: None means the default, ~/.cache/pytest-containers (see _locks.default_cache_dir).
     cache_dir: Path | None = None
     prefetch: bool = True
+    keep: str = "never"
+    unavailable: str = "error"
     timeout: float = 60.0
     stall_timeout: float = 120.0
 
@@ -142,6 +161,8 @@ _PARSERS: dict[str, Callable[[Option, str], object]] = {
     "mirror": _mirror,
     "cache_dir": lambda _option, text: Path(text).expanduser(),
     "prefetch": _flag,
+    "keep": _choice,
+    "unavailable": _choice,
     "timeout": _seconds,
     "stall_timeout": _seconds,
 }

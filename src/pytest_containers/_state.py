@@ -13,6 +13,7 @@ from pytest_containers._settings import Settings
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from pytest_containers._cleanup import RunHold
     from pytest_containers._image import Image
     from pytest_containers._manager import ContainerManager
     from pytest_containers._pull import PullProgress
@@ -27,11 +28,18 @@ class PluginState:
     run_id: str
     worker: str
     is_worker: bool
+    #: True where the run ends: xdist's controller, or the only process.
+    whole_run: bool = True
     #: Images the collected tests declare, with their platform, in order of first use.
     declared_images: dict[tuple[str, str | None], None] = field(default_factory=dict)
     #: Images resolved by xdist workers, reported to the controller at their end.
     worker_images: list[dict[str, object]] = field(default_factory=list)
     used_containers: bool = False
+    #: Containers kept by --container-keep (this process's and, on the controller,
+    #: the workers'): id, name, image.
+    kept: list[dict[str, object]] = field(default_factory=list)
+    #: The controller's hold on the run's lock under xdist (see _cleanup.hold_run).
+    run_hold: RunHold | None = None
     #: Called with pull progress; None where nobody watches (xdist workers, ``-q``).
     on_progress: Callable[[PullProgress], None] | None = None
     _manager: ContainerManager | None = None
@@ -50,6 +58,7 @@ class PluginState:
                     self.settings,
                     run_id=self.run_id,
                     worker=self.worker,
+                    whole_run=self.whole_run,
                     on_progress=self.on_progress,
                 )
             return self._manager

@@ -172,7 +172,8 @@ def _log(message: str) -> None:
 def _usage(message: str) -> int:
     _log(
         f"{message}; usage: python -m pytest_containers._watchdog --run-id ID --worker NAME "
-        "--pid N [--whole-run] [--deadline SECONDS] [--request-timeout SECONDS] [--path DIR]"
+        "--pid N [--whole-run] [--run-lock FILE] [--deadline SECONDS] [--request-timeout SECONDS] "
+        "[--path DIR]"
     )
     return 2
 
@@ -191,7 +192,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         flag = args.pop(0)
         if flag == "--whole-run":
             whole_run = True
-        elif flag in ("--run-id", "--worker", "--pid", "--deadline", "--request-timeout", "--path"):
+        elif flag in (
+            "--run-id",
+            "--worker",
+            "--pid",
+            "--deadline",
+            "--request-timeout",
+            "--path",
+            "--run-lock",
+        ):
             if not args:
                 return _usage(f"{flag} needs a value")
             values[flag[2:]] = args.pop(0)
@@ -228,11 +237,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         pid=pid,
         whole_run=whole_run,
         request_timeout=request_timeout,
+        run_lock=values.get("run-lock"),
     )
 
 
+def _run_held(path: str) -> bool:
+    """Whether any process of the run still holds its shared lock (see hold_run)."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 def _clean_up(
-    *, run_id: str, worker: str, pid: int, whole_run: bool, request_timeout: float
+    *,
+    run_id: str,
+    worker: str,
+    pid: int,
+    whole_run: bool,
+    request_timeout: float,
+    run_lock: str | None = None,
 ) -> int:
     import time
 
@@ -251,6 +286,11 @@ def _clean_up(
         for attempt in range(4):
             if attempt:
                 time.sleep(1.5)
+            # When the whole run died (nobody holds its lock), the run-scoped containers
+            # have no one left to remove them: this watchdog does.
+            if not whole_run and run_lock and not _run_held(run_lock):
+                whole_run = True
+                what = "the whole run"
             try:
                 removed, errors = clean_up_process(
                     client, run_id=run_id, worker=worker, pid=pid, whole_run=whole_run

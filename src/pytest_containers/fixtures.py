@@ -9,13 +9,13 @@ inside a test; ``container_client`` is the docker-py client. ``container_fixture
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import pytest
 
 from pytest_containers._markers import Declaration, declarations
 from pytest_containers._state import plugin_state
-from pytest_containers.errors import ContainerError
+from pytest_containers.errors import ContainerError, EngineUnavailableError
 
 if TYPE_CHECKING:
     import docker
@@ -39,11 +39,19 @@ def _manager(request: pytest.FixtureRequest) -> ContainerManager:
     return state.manager()
 
 
-def _fail(error: ContainerError, test: str) -> None:
-    """Report a container error as a short message, not a traceback into the plugin."""
+def _fail(request: pytest.FixtureRequest, error: ContainerError) -> NoReturn:
+    """Report a container error as a short message, not a traceback into the plugin; with
+    --container-unavailable=skip, a missing engine skips the test instead."""
     if error.test is None:
-        error.test = test
-    pytest.fail(str(error), pytrace=False)
+        error.test = request.node.nodeid
+    if (
+        isinstance(error, EngineUnavailableError)
+        and plugin_state(request.config).settings.unavailable == "skip"
+    ):
+        raise pytest.skip.Exception(error.message) from None
+    # "from None": the error is the message; pytest's traceback of the plugin's internals
+    # and the chained "during handling" one would only bury it.
+    raise pytest.fail.Exception(str(error), pytrace=False) from None
 
 
 def _scope_node(request: pytest.FixtureRequest, scope: str) -> pytest.Item | pytest.Collector:
@@ -80,7 +88,7 @@ def _start_declared(
     scope = declaration.scope
     if scope == "function":
         container = manager.start(spec)
-        request.addfinalizer(lambda: manager.remove(container))
+        request.addfinalizer(lambda: manager.release(container))
         return container
     node = _scope_node(request, scope) if scope != "run" else request.session
     key = node.nodeid
@@ -113,7 +121,7 @@ def containers(request: pytest.FixtureRequest) -> dict[str, Container]:
         except ContainerError as error:
             if error.image is None:
                 error.image = declaration.images[0]
-            _fail(error, request.node.nodeid)
+            _fail(request, error)
         _record_use(request, container)
         started[declaration.name] = container
     return started
@@ -147,14 +155,17 @@ def container_factory(request: pytest.FixtureRequest) -> Iterator[ContainerFacto
 
     def start(image: str, **keywords: Any) -> Container:
         spec = ContainerSpec.from_kwargs(image, **keywords)
-        started = manager.start(spec)
+        try:
+            started = manager.start(spec)
+        except EngineUnavailableError as error:
+            _fail(request, error)
         made.append(started)
         _record_use(request, started)
         return started
 
     yield start
     for started in reversed(made):
-        manager.remove(started)
+        manager.release(started)
 
 
 @pytest.fixture(scope="session")
@@ -163,8 +174,7 @@ def container_client(request: pytest.FixtureRequest) -> docker.DockerClient:
     try:
         return _manager(request).client
     except ContainerError as error:
-        _fail(error, request.node.nodeid)
-        raise  # unreachable: pytest.fail raises
+        _fail(request, error)
 
 
 _PYTEST_SCOPES = {"run": "session"}
@@ -201,10 +211,10 @@ def container_fixture(
         except ContainerError as error:
             if error.image is None:
                 error.image = image
-            _fail(error, request.node.nodeid)
+            _fail(request, error)
         yield started
         if scope != "run":
-            manager.remove(started)
+            manager.release(started)
 
     fixture.__doc__ = f"A ready container of {image!r} ({scope} scope)."
     return fixture
@@ -223,8 +233,7 @@ def image_fixture(image: str, *, platform: str | None = None) -> Callable[..., I
         except ContainerError as error:
             if error.image is None:
                 error.image = image
-            _fail(error, request.node.nodeid)
-            raise  # unreachable
+            _fail(request, error)
 
     fixture.__doc__ = f"The image {image!r}, pulled once for the run."
     return fixture

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from pytest_containers._markers import MarkerError, declarations
-from pytest_containers._settings import OPTIONS, SettingError, resolve_settings
+from pytest_containers._settings import OPTIONS, SettingError, Settings, resolve_settings
 from pytest_containers._state import PluginState, plugin_state, state_key
+from pytest_containers.errors import ContainerError
 from pytest_containers.fixtures import (
     container,
     container_client,
@@ -35,6 +36,7 @@ MARKER_HELP = (
 )
 _WORKER_IMAGES = "pytest_containers_images"
 _WORKER_USED = "pytest_containers_used"
+_WORKER_KEPT = "pytest_containers_kept"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -57,18 +59,49 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 option.flag, dest=option.dest, default=None, metavar=option.metavar, help=help_text
             )
         parser.addini(option.ini, help=option.help, default=None)
+    group.addoption(
+        "--container-prune",
+        action="store_true",
+        default=False,
+        help="remove what dead pytest runs left on this engine (containers, networks, "
+        "volumes of runs of this host that nobody holds any more), then exit",
+    )
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", MARKER_HELP)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    if not config.getoption("container_prune"):
+        return None
+    from pytest_containers._cleanup import sweep_dead_runs
+    from pytest_containers._engine import connect
+    from pytest_containers._locks import default_cache_dir, ensure_private_dir
+
+    settings = _settings(config)
     try:
-        settings = resolve_settings(
+        client = connect()
+        cache_dir = ensure_private_dir(settings.cache_dir or default_cache_dir())
+    except ContainerError as error:
+        print(f"pytest-containers: {error}")
+        return int(pytest.ExitCode.USAGE_ERROR)
+    result = sweep_dead_runs(client, cache_dir, own_run_id=None, spare_kept=False)
+    for line in result.describe() or ["nothing to remove"]:
+        print(f"pytest-containers: {line}")
+    return int(pytest.ExitCode.OK if not result.errors else pytest.ExitCode.TESTS_FAILED)
+
+
+def _settings(config: pytest.Config) -> Settings:
+    try:
+        return resolve_settings(
             cli={option.name: config.getoption(option.dest) for option in OPTIONS},
             ini={option.name: config.getini(option.ini) for option in OPTIONS},
             environ=os.environ,
         )
     except SettingError as error:
         raise pytest.UsageError(str(error)) from None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    settings = _settings(config)
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     if workerinput is not None:
         run_id, worker = str(workerinput["testrunuid"]), str(workerinput["workerid"])
@@ -76,7 +109,11 @@ def pytest_configure(config: pytest.Config) -> None:
         run_id = getattr(config.option, "testrunuid", None) or uuid.uuid4().hex
         worker = "main"
     config.stash[state_key] = PluginState(
-        settings=settings, run_id=run_id, worker=worker, is_worker=workerinput is not None
+        settings=settings,
+        run_id=run_id,
+        worker=worker,
+        is_worker=workerinput is not None,
+        whole_run=workerinput is None,
     )
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(), "containers-xdist")
@@ -98,13 +135,24 @@ class XdistHooks:
     @pytest.hookimpl
     def pytest_configure_node(self, node: Any) -> None:
         # The controller adopts xdist's run id, so that its labels match the workers'.
-        plugin_state(node.config).run_id = str(node.workerinput["testrunuid"])
+        state = plugin_state(node.config)
+        state.run_id = str(node.workerinput["testrunuid"])
+        if state.run_hold is None:
+            # Held for the whole run, so that a worker's death never looks like the run's
+            # (its watchdog would remove the run-scoped containers). A file lock, no Docker.
+            from pytest_containers._cleanup import hold_run
+            from pytest_containers._locks import default_cache_dir, ensure_private_dir
+
+            with contextlib.suppress(ContainerError, OSError):
+                cache_dir = ensure_private_dir(state.settings.cache_dir or default_cache_dir())
+                state.run_hold = hold_run(cache_dir, state.run_id)
 
     @pytest.hookimpl
     def pytest_testnodedown(self, node: Any, error: object) -> None:
         output = getattr(node, "workeroutput", {}) or {}
         state = plugin_state(node.config)
         state.worker_images.extend(output.get(_WORKER_IMAGES, []))
+        state.kept.extend(output.get(_WORKER_KEPT, []))
         state.used_containers = state.used_containers or bool(output.get(_WORKER_USED))
 
 
@@ -161,7 +209,10 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if report.failed:
+        state = plugin_state(item.config)
         for used in item.stash.get(used_containers_key, []):
+            if state.has_manager:
+                state.manager().mark_failed(used)
             try:
                 logs = used.logs()
             except Exception as error:  # the container may be gone; say so, don't crash
@@ -175,16 +226,29 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if state.has_manager:
         manager = state.manager()
         manager.close()
+        state.kept.extend(_kept_record(c) for c in manager.kept.values())
         if state.is_worker:
             workeroutput = session.config.workeroutput  # type: ignore[attr-defined]
             workeroutput[_WORKER_IMAGES] = [_image_record(i) for i in manager.resolved_images()]
             workeroutput[_WORKER_USED] = state.used_containers
+            workeroutput[_WORKER_KEPT] = state.kept
     if not state.is_worker and state.used_containers:
         # The whole run ends here: run-scoped containers, and any a dead worker left.
-        from pytest_containers.errors import ContainerError
-
         with contextlib.suppress(ContainerError):
-            state.manager().remove_run_containers()
+            manager = state.manager()
+            manager.remove_run_containers(keep=[str(k["id"]) for k in state.kept])
+            if state.kept:
+                from pytest_containers._cleanup import mark_kept
+
+                mark_kept(manager.cache_dir, state.run_id, [str(k["name"]) for k in state.kept])
+    if state.has_manager:
+        state.manager().stop_guard()
+    if state.run_hold is not None:
+        state.run_hold.release()
+
+
+def _kept_record(container: Any) -> dict[str, object]:
+    return {"id": container.id, "name": container.name, "image": container.image.ref}
 
 
 def _image_record(image: Any) -> dict[str, object]:
@@ -200,6 +264,12 @@ def _image_record(image: Any) -> dict[str, object]:
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     state = plugin_state(config)
+    if state.kept:
+        terminalreporter.section("containers: kept for debugging", sep="-")
+        for kept in state.kept:
+            terminalreporter.write_line(f"{kept['name']}  ({kept['image']})")
+        names = " ".join(str(kept["name"]) for kept in state.kept)
+        terminalreporter.write_line(f"remove them with: docker rm -f {names}")
     records = [_image_record(image) for image in state.resolved_images()]
     records += state.worker_images
     if not records:

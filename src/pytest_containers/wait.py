@@ -584,7 +584,10 @@ class HealthyWait(WaitStrategy):
         def probe() -> str | None:
             # _poll has just inspected the container.
             if not _has_healthcheck(container.attrs):
-                raise WaitFailed("neither the image nor the container defines a HEALTHCHECK")
+                raise WaitFailed(
+                    "neither the image nor the container defines a HEALTHCHECK; add one to "
+                    "the image, pass healthcheck={...} to the container, or wait another way"
+                )
             health = (container.attrs.get("State") or {}).get("Health") or {}
             status = health.get("Status") or "starting"
             if status == "healthy":
