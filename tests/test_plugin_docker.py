@@ -286,3 +286,55 @@ def test_container_factory_starts_containers_inside_a_test(
         """
     )
     run_suite().assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("declaration", ["marker", "container_fixture", "image_fixture"])
+def test_prefetch_pulls_declared_images_before_any_test_asks(
+    run_suite: RunSuite, pytester: pytest.Pytester, unique_image: Callable[[], str],
+    declaration: str,
+) -> None:  # fmt: skip
+    image = unique_image()
+    uses = {
+        "marker": f'@pytest.mark.container("{image}", command=["sleep", "30"])\n'
+        "def test_uses_it(container):\n    pass",
+        "container_fixture": f'it = container_fixture("{image}", command=["sleep", "30"])\n'
+        "def test_uses_it(it):\n    pass",
+        "image_fixture": f'it = image_fixture("{image}")\ndef test_uses_it(it):\n    pass',
+    }[declaration]
+    pytester.makepyfile(
+        "import time\n"
+        "import docker\n"
+        "import pytest\n"
+        "from pytest_containers import container_fixture, image_fixture\n"
+        "\n"
+        "def test_first_the_image_arrives_on_its_own():\n"
+        "    client = docker.from_env()\n"
+        "    deadline = time.monotonic() + 20\n"
+        f"    while not client.images.list(name='127.0.0.1:5555/library/{image.split(':')[0]}'):\n"
+        "        assert time.monotonic() < deadline, 'not prefetched'\n"
+        "        time.sleep(0.05)\n"
+        "\n" + uses + "\n"
+    )
+    run_suite().assert_outcomes(passed=2)
+
+
+def test_no_prefetch_pulls_nothing_until_a_test_asks(
+    run_suite: RunSuite, pytester: pytest.Pytester, unique_image: Callable[[], str],
+    registry_log: RegistryLog,
+) -> None:  # fmt: skip
+    image = unique_image()
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        def test_nothing_pulled_yet():
+            pass
+
+        @pytest.mark.container("{image}", command=["sleep", "30"])
+        def test_uses_it(container):
+            pass
+        """
+    )
+    result = run_suite("--no-container-prefetch", "-k", "pulled_yet")
+    result.assert_outcomes(passed=1, deselected=1)
+    assert registry_log.manifest_requests(image) == 0

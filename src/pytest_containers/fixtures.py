@@ -200,7 +200,6 @@ def container_fixture(
 
     pytest_scope: Any = _PYTEST_SCOPES.get(scope, scope)
 
-    @pytest.fixture(scope=pytest_scope)
     def fixture(request: pytest.FixtureRequest) -> Iterator[Container]:
         manager = _manager(request)
         try:
@@ -217,7 +216,10 @@ def container_fixture(
             manager.release(started)
 
     fixture.__doc__ = f"A ready container of {image!r} ({scope} scope)."
-    return fixture
+    made: Callable[..., Iterator[Container]] = _declare(
+        fixture, image, spec.platform, scope=pytest_scope
+    )
+    return made
 
 
 def image_fixture(image: str, *, platform: str | None = None) -> Callable[..., Image]:
@@ -226,7 +228,6 @@ def image_fixture(image: str, *, platform: str | None = None) -> Callable[..., I
     redis_image = image_fixture("redis:7")
     """
 
-    @pytest.fixture(scope="session")
     def fixture(request: pytest.FixtureRequest) -> Image:
         try:
             return _manager(request).image(image, platform=platform)
@@ -236,4 +237,30 @@ def image_fixture(image: str, *, platform: str | None = None) -> Callable[..., I
             _fail(request, error)
 
     fixture.__doc__ = f"The image {image!r}, pulled once for the run."
-    return fixture
+    made: Callable[..., Image] = _declare(fixture, image, platform, scope="session")
+    return made
+
+
+#: The attribute that tells prefetch which image a factory-made fixture needs.
+DECLARED_IMAGE = "_pytest_containers_image"
+
+
+def _declare(function: Callable[..., Any], image: str, platform: str | None, scope: Any) -> Any:
+    setattr(function, DECLARED_IMAGE, (image, platform))
+    return pytest.fixture(scope=scope)(function)
+
+
+def fixture_images(item: pytest.Item) -> list[tuple[str, str | None]]:
+    """The images that the factory-made fixtures an item uses declare, for prefetch."""
+    # _fixtureinfo is not public API; without it, those images are pulled on first use.
+    info = getattr(item, "_fixtureinfo", None)
+    found: list[tuple[str, str | None]] = []
+    for name in getattr(item, "fixturenames", ()):
+        for definition in getattr(info, "name2fixturedefs", {}).get(name, ()):
+            function = getattr(definition, "func", None)
+            declared = getattr(function, DECLARED_IMAGE, None) or getattr(
+                getattr(function, "__wrapped__", None), DECLARED_IMAGE, None
+            )
+            if declared is not None:
+                found.append(declared)
+    return found

@@ -24,6 +24,7 @@ from pytest_containers.fixtures import (
     container_client,
     container_factory,
     containers,
+    fixture_images,
     used_containers_key,
 )
 
@@ -178,9 +179,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             )
 
 
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: prefetch only what will run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = plugin_state(config)
     for item in items:
+        for needed in fixture_images(item):
+            state.declared_images.setdefault(needed, None)
         declared = declarations(item)
         if not declared:
             continue
