@@ -27,6 +27,7 @@ import pytest
 
 from pytest_containers._cache import ImageCache, PullPolicy
 from pytest_containers._image import Image
+from pytest_containers._lockfile import Pin, UnpinnedImageError
 from pytest_containers._pull import PullProgress
 from pytest_containers._reference import parse_reference
 from pytest_containers.errors import (
@@ -35,7 +36,7 @@ from pytest_containers.errors import (
     ImagePullError,
     ImageReferenceError,
 )
-from tests.testenv import REGISTRY, ROOT, RegistryLog, remove_image
+from tests.testenv import REGISTRY, ROOT, RegistryLog, _busybox_tar, remove_image
 
 pytestmark = pytest.mark.docker
 
@@ -611,3 +612,146 @@ def test_engine_id_is_asked_once(docker_client: docker.DockerClient, tmp_path: P
     cache = _cache(docker_client, tmp_path)
     assert cache.engine_id == docker_client.info()["ID"]
     assert cache.engine_id is cache.engine_id
+
+
+# -- pins -------------------------------------------------------------------------------
+
+
+def _push_again(client: docker.DockerClient, image: str, marker: str) -> str:
+    """Push another image under ``image``'s tag (the tag moves); its digest."""
+    name, _, tag = image.partition(":")
+    target = f"{REGISTRY}/library/{name}"
+    client.api.import_image_from_data(
+        _busybox_tar(marker), repository=target, tag=tag, changes=['CMD ["sh"]', "ENV PATH=/bin"]
+    )
+    for _ in client.api.push(target, tag=tag, stream=True, decode=True):
+        pass
+    remove_image(client, f"{target}:{tag}")
+    return _registry_digest(f"library/{image}")
+
+
+def _marker(client: docker.DockerClient, image_id: str) -> str:
+    """The marker file of an image made by tests.testenv: which image it really is."""
+    container = client.containers.create(image_id, ["cat", "/etc/image-id"])
+    try:
+        container.start()
+        assert container.wait(timeout=30)["StatusCode"] == 0
+        return bytes(container.logs(stdout=True, stderr=False)).decode()
+    finally:
+        container.remove(force=True)
+
+
+def test_pin_resolves_the_pinned_digest_after_the_tag_moved(
+    docker_client: docker.DockerClient, unique_image: MakeImage, tmp_path: Path
+) -> None:
+    image = unique_image()
+    name = image.partition(":")[0]
+    made: list[str] = []
+    try:
+        first = _cache(docker_client, tmp_path).get(image)
+        made.append(first.id)
+        digest_a = first.digest
+        assert digest_a == _registry_digest(f"library/{image}")
+        remove_image(docker_client, first.id)
+        digest_b = _push_again(docker_client, image, "image B")
+        assert digest_b != digest_a
+
+        log = RegistryLog()
+        pins = {"whatever": Pin(image, None, digest_a)}
+        cache = _cache(docker_client, tmp_path, "run-2", pins=pins)
+        assert cache.pin_for(image) == pins["whatever"]
+        pinned = cache.get(image)
+        made.append(pinned.id)
+        assert (pinned.source, pinned.pinned) == ("pulled", True)
+        assert pinned.resolved_ref == f"{REGISTRY}/library/{image}@{digest_a}"
+        assert (pinned.id, pinned.digest) == (first.id, digest_a)
+        assert _marker(docker_client, pinned.id) == name  # A's content, not B's
+        # Pulled by digest: the tag was never asked for.
+        assert log.manifest_requests(image) == 0
+        assert sum(f"/library/{name}/manifests/{digest_a} " in line for line in log.lines()) == 1
+        again = cache.get(image)
+        assert (again.source, again.id, again.pinned) == ("present", first.id, True)
+
+        # Without the pin, the tag: B.
+        unpinned = _cache(docker_client, tmp_path, "run-3").get(image)
+        made.append(unpinned.id)
+        assert (unpinned.source, unpinned.pinned) == ("pulled", False)
+        assert unpinned.digest == digest_b
+        assert unpinned.id != first.id
+        assert _marker(docker_client, unpinned.id) == "image B"
+        # With the pin again, A is found in the engine although the tag now names B.
+        assert _cache(docker_client, tmp_path, "run-4", pins=pins).get(image).id == first.id
+    finally:
+        for image_id in made:
+            remove_image(docker_client, image_id)
+
+
+def test_pin_applies_to_the_reference_as_written_and_its_platform(
+    docker_client: docker.DockerClient, unique_image: MakeImage, tmp_path: Path
+) -> None:
+    image = unique_image()
+    digest = _registry_digest(f"library/{image}")
+    pin = Pin(image, "linux/amd64", digest)
+    cache = _cache(docker_client, tmp_path, pins={pin.key: pin})
+    assert cache.pin_for(image, "Linux/x86_64") == pin
+    assert cache.pin_for(image) is None
+    assert cache.pin_for(f"docker.io/library/{image}", "linux/amd64") is None
+    try:
+        on_platform = cache.get(image, platform="linux/amd64")
+        plain = cache.get(image)
+    finally:
+        remove_image(docker_client, f"{REGISTRY}/library/{image}")
+    assert on_platform.pinned
+    assert on_platform.resolved_ref.endswith(f"@{digest}")
+    assert not plain.pinned
+    assert plain.resolved_ref == f"{REGISTRY}/library/{image}"
+    assert plain.digest == digest
+
+
+def test_a_written_digest_takes_no_pin(tmp_path: Path) -> None:
+    digest = "sha256:" + "1" * 64
+    written = f"redis@{'sha256:' + '2' * 64}"
+    cache = ImageCache(
+        _NoEngine(),  # type: ignore[arg-type]
+        cache_dir=tmp_path,
+        run_id="r",
+        pins={"x": Pin(written, None, digest)},
+    )
+    assert cache.pin_for(written) is None
+
+
+class _NoEngine:
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the engine was asked for {name}")
+
+
+def test_required_pins_fail_before_any_docker_call(tmp_path: Path) -> None:
+    digest = "sha256:" + "1" * 64
+    cache = ImageCache(
+        _NoEngine(),  # type: ignore[arg-type]
+        cache_dir=tmp_path,
+        run_id="r",
+        pins={"x": Pin("redis:7", None, digest)},
+        require_pins=True,
+    )
+    with pytest.raises(UnpinnedImageError) as caught:
+        cache.get("redis:6")
+    assert caught.value.image == "redis:6"
+    assert "pytest --container-lock=update" in str(caught.value)
+    with pytest.raises(UnpinnedImageError, match="on linux/arm64"):
+        cache.get("redis:7", platform="linux/arm64")
+    cache.prefetch([("redis:6", None)])  # skipped: get() reports it
+    cache.close()
+    assert cache.resolved() == []
+
+
+def test_pinned_digest_the_registry_lacks_says_to_update_the_lock(
+    docker_client: docker.DockerClient, unique_image: MakeImage, tmp_path: Path
+) -> None:
+    image = unique_image()
+    gone = "sha256:" + "0" * 64
+    cache = _cache(docker_client, tmp_path, pins={image: Pin(image, None, gone)})
+    with pytest.raises(ImageNotFoundError) as caught:
+        cache.get(image)
+    assert gone in str(caught.value)
+    assert "pytest --container-lock=update" in str(caught.value)

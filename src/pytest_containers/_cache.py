@@ -9,16 +9,39 @@ for the same image at once. They agree through a lock file and a state file per
 * the state file, replaced atomically, records the outcome of the last pull with the run
   id, so that the waiters of the same run reuse a success (policy ``always``) or re-raise
   a failure without asking the registry again, while a later run starts afresh.
+
+Pins (from the lock file, :mod:`pytest_containers._lockfile`) replace a tag by a digest:
+``redis:7`` pinned to ``sha256:…`` is resolved as ``MIRROR/library/redis:7@sha256:…``, used
+if the engine has that content and otherwise pulled by digest, whatever the tag points to
+today. The key of the lock and state files is then the pinned reference.
+
+An image archive (:mod:`pytest_containers._archive`) keeps a tarball of each image a run
+used. An image the engine lacks is loaded from there, under the same lock as a pull,
+before anything asks the registry:
+
+* ``missing`` and ``never`` load from the archive when it has the image (loading is not
+  pulling, so ``never`` allows it); ``missing`` pulls only what the archive lacks.
+* ``always`` pulls each tag once per run as before, and falls back to the archive only
+  when the registry cannot be reached (a transient, rate-limited or stalled failure; a
+  registry that answers "no such image" is believed). The image's ``note`` says so. A
+  digest (written or pinned) names immutable content, so ``always`` loads it like
+  ``missing`` does.
+* A tarball that is not what the archive's index recorded is never used: it is deleted,
+  the image pulled instead, and archived anew; if the pull fails too, the error says what
+  was wrong with the archived copy.
+* After a pull, and for a present image the archive lacks, the image is saved to the
+  archive. A failure to save is logged and put in the image's ``note``; it fails nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import CancelledError, Future
 from enum import Enum
 from pathlib import Path
@@ -26,7 +49,9 @@ from typing import Any
 
 import docker
 
+from pytest_containers._archive import ArchiveEntry, ArchiveError, ImageArchive
 from pytest_containers._image import Image
+from pytest_containers._lockfile import Pin, UnpinnedImageError, pin_key
 from pytest_containers._locks import (
     ensure_private_dir,
     exclusive,
@@ -39,7 +64,7 @@ from pytest_containers._pull import (
     image_target,
     inspect_image,
     make_pull_error,
-    pull_image,
+    pull_image_result,
 )
 from pytest_containers._reference import (
     Reference,
@@ -59,7 +84,35 @@ __all__ = ["ImageCache", "PullPolicy"]
 #: Background pulls at once; more rarely helps, as the engine shares one network link.
 PREFETCH_WORKERS = 4
 
+_log = logging.getLogger(__name__)
+
 _Key = tuple[str, str]  # (resolved reference, platform or "")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Target:
+    """What one get() resolves: ``image`` as written; ``canonical`` that reference
+    normalized, before any mirror, with the pin's digest when pinned (what the archive is
+    keyed by, so that it serves whatever mirror a later run uses); ``resolved`` the same
+    after the mirror (what the engine and the registry are asked for)."""
+
+    image: str
+    canonical: Reference
+    resolved: Reference
+    platform: str | None
+    pinned: bool
+
+    @property
+    def key(self) -> _Key:
+        return (str(self.resolved), self.platform or "")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outcome:
+    attrs: dict[str, Any]
+    source: str
+    digest: str | None = None
+    note: str | None = None
 
 
 class PullPolicy(str, Enum):
@@ -122,6 +175,12 @@ class ImageCache:
     bounds the wait for another process's pull, ``stall_timeout`` a pull without progress,
     ``retry_budget`` the time spent retrying transient failures. ``on_progress`` receives
     pull progress, possibly from several threads at once when prefetching.
+
+    ``pins`` (from :func:`~pytest_containers._lockfile.read_lockfile`) pin references as
+    written, with their platform, to digests; with ``require_pins`` an image that has none
+    (and no digest of its own) raises :class:`~pytest_containers._lockfile.UnpinnedImageError`
+    before the engine is asked anything. ``archive_dir`` is an image archive to load
+    missing images from and to save pulled ones to.
     """
 
     def __init__(
@@ -136,6 +195,9 @@ class ImageCache:
         stall_timeout: float = 120.0,
         retry_budget: float = 60.0,
         on_progress: Callable[[PullProgress], None] | None = None,
+        pins: Mapping[str, Pin] | None = None,
+        require_pins: bool = False,
+        archive_dir: Path | None = None,
     ) -> None:
         if mirror:
             parse_mirror(mirror)  # a malformed mirror fails here, not at the first test
@@ -148,12 +210,20 @@ class ImageCache:
         self.stall_timeout = stall_timeout
         self.retry_budget = retry_budget
         self.on_progress = on_progress
+        # Keyed afresh: the caller's keys are not trusted to be pin_key()'s.
+        self.pins: dict[str, Pin] = {pin.key: pin for pin in (pins or {}).values()}
+        self.require_pins = require_pins
+        self.archive = (
+            ImageArchive(Path(archive_dir), lock_timeout=lock_timeout) if archive_dir else None
+        )
         self._mutex = threading.Lock()
         self._engine_lock = threading.Lock()
         self._engine_id: str | None = None
         self._dir_ready = False
         self._pending: dict[_Key, _Pending] = {}
         self._resolved: dict[_Key, Image] = {}
+        # Images this process saw archived: not asked of the archive's index again.
+        self._archived: set[tuple[Path, str, str, str | None, str]] = set()
         self._pool = _DaemonPool(PREFETCH_WORKERS, "pytest-containers-prefetch")
         self._closed = False
 
@@ -172,11 +242,12 @@ class ImageCache:
         """Return ``image`` once it is in the engine, pulling it if the policy says so.
 
         Thread-safe; blocks while another thread, worker or run pulls the same image.
-        Raises :class:`ImageReferenceError` (before asking the engine anything),
-        :class:`ImageNotFoundError` or :class:`ImagePullError`.
+        Raises :class:`ImageReferenceError` or
+        :class:`~pytest_containers._lockfile.UnpinnedImageError` (before asking the engine
+        anything), :class:`ImageNotFoundError` or :class:`ImagePullError`.
         """
-        resolved, plat = self._parse(image, platform)
-        key = (str(resolved), plat or "")
+        target = self._parse(image, platform)
+        key = target.key
         while True:
             with self._mutex:
                 pending = self._pending.get(key)
@@ -186,7 +257,7 @@ class ImageCache:
                     pending.future.set_running_or_notify_cancel()
                     self._pending[key] = pending
             if owner:
-                return self._run(pending, key, image, resolved, plat)
+                return self._run(pending, target)
             try:
                 result = pending.future.result()
             except CancelledError:
@@ -210,33 +281,45 @@ class ImageCache:
             raise ContainerError("the image cache is closed")
         for image, platform in images:
             try:
-                resolved, plat = self._parse(image, platform)
-            except ImageReferenceError:
+                target = self._parse(image, platform)
+            except (ImageReferenceError, UnpinnedImageError):
                 continue
-            key = (str(resolved), plat or "")
+            key = target.key
             with self._mutex:
                 if key in self._pending or key in self._resolved:
                     continue
                 pending = _Pending(Future(), prefetched=True)
                 self._pending[key] = pending
 
-            def task(
-                pending: _Pending = pending,
-                image: str = image,
-                resolved: Reference = resolved,
-                plat: str | None = plat,
-            ) -> None:
+            def task(pending: _Pending = pending, target: _Target = target) -> None:
                 if not pending.future.set_running_or_notify_cancel():
                     return
                 try:
-                    pending.future.set_result(self._resolve(image, resolved, plat))
+                    pending.future.set_result(self._resolve(target))
                 except BaseException as error:
                     pending.future.set_exception(error)
 
             self._pool.submit(task)
 
+    def pin_for(self, image: str, platform: str | None = None) -> Pin | None:
+        """The pin that applies to ``image`` as written (with ``platform``), if any.
+
+        A reference that carries its own digest takes no pin. Raises
+        :class:`ImageReferenceError` on a malformed reference or platform.
+        """
+        ref = parse_reference(image)
+        try:
+            plat = normalize_platform(platform)
+        except ValueError as error:
+            raise ImageReferenceError(f"{image}: {error}", image=image) from None
+        return None if ref.digest is not None else self.pins.get(pin_key(image, plat))
+
     def resolved(self) -> list[Image]:
-        """Every image this process resolved, first resolution of each, in order."""
+        """Every image this process resolved, first resolution of each, in order.
+
+        In the lock file's update mode these are what to pin (see
+        :func:`~pytest_containers._lockfile.pins_from_images`); each carries its ``digest``.
+        """
         with self._mutex:
             return list(self._resolved.values())
 
@@ -252,29 +335,34 @@ class ImageCache:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _parse(self, image: str, platform: str | None) -> tuple[Reference, str | None]:
+    def _parse(self, image: str, platform: str | None) -> _Target:
         ref = parse_reference(image)
         try:
             plat = normalize_platform(platform)
         except ValueError as error:
             raise ImageReferenceError(f"{image}: {error}", image=image) from None
-        return ref.with_mirror(self.mirror), plat
+        # A digest written in the test is already a pin, and it wins over the lock file.
+        pin = None if ref.digest is not None else self.pins.get(pin_key(image, plat))
+        if pin is not None:
+            ref = ref.with_digest(pin.digest)
+        elif self.require_pins and ref.digest is None:
+            on = f" on {plat}" if plat else ""
+            raise UnpinnedImageError(
+                f"the image {image}{on} has no pin in the lock file, and pins are required; "
+                "run pytest --container-lock=update to pin it",
+                image=image,
+            )
+        return _Target(image, ref, ref.with_mirror(self.mirror), plat, pin is not None)
 
     def _forget(self, key: _Key, pending: _Pending) -> None:
         with self._mutex:
             if self._pending.get(key) is pending:
                 del self._pending[key]
 
-    def _run(
-        self,
-        pending: _Pending,
-        key: _Key,
-        image: str,
-        resolved: Reference,
-        platform: str | None,
-    ) -> Image:
+    def _run(self, pending: _Pending, target: _Target) -> Image:
+        key = target.key
         try:
-            result = self._resolve(image, resolved, platform)
+            result = self._resolve(target)
         except BaseException as error:
             pending.future.set_exception(error)
             raise
@@ -296,80 +384,108 @@ class ImageCache:
             key_path(self.cache_dir, *parts, suffix=".json"),
         )
 
-    def _resolve(self, image: str, resolved: Reference, platform: str | None) -> Image:
+    def _resolve(self, target: _Target) -> Image:
         started = time.monotonic()
+        lock_path, state_path = self._paths(target.resolved, target.platform)
+        outcome = self._obtain(target, lock_path, state_path)
+        seconds = time.monotonic() - started  # getting it into the engine; archiving is extra
+        attrs = outcome.attrs
+        digest = (
+            outcome.digest or target.resolved.digest or self._digest_of(attrs, target, state_path)
+        )
+        notes = [outcome.note] if outcome.note else []
+        if self.archive is not None and digest is not None and outcome.source != "loaded":
+            problem = self._archive_image(target, attrs, digest, lock_path)
+            if problem:
+                notes.append(problem)
+        result = Image(
+            ref=target.image,
+            resolved_ref=str(target.resolved),
+            id=str(attrs["Id"]),
+            digest=digest,
+            platform=target.platform,
+            source=outcome.source,
+            seconds=seconds,
+            pinned=target.pinned,
+            note="; ".join(notes) or None,
+        )
+        with self._mutex:
+            self._resolved.setdefault(target.key, result)
+        return result
 
-        def found(attrs: dict[str, Any], source: str) -> Image:
-            result = Image(
-                ref=image,
-                resolved_ref=str(resolved),
-                id=str(attrs["Id"]),
-                digest=resolved.digest or _repo_digest(attrs, resolved),
-                platform=platform,
-                source=source,
-                seconds=time.monotonic() - started,
-            )
-            with self._mutex:
-                self._resolved.setdefault((str(resolved), platform or ""), result)
-            return result
-
-        if self.policy is PullPolicy.NEVER:
-            attrs = self._inspect(image_target(resolved), platform)
-            if attrs is None:
-                raise ImageNotFoundError(
-                    f"the image {image} ({resolved}) is not in the Docker engine and the pull "
-                    f"policy is 'never'; pull it first (docker pull {resolved}), or run with "
-                    "--container-pull=missing",
-                    image=image,
-                    registry=resolved.registry,
-                    reason="not present in the engine",
-                    kind="policy",
-                )
-            return found(attrs, "present")
-
+    def _obtain(self, target: _Target, lock_path: Path, state_path: Path) -> _Outcome:
+        """Make the image present: find it, load it from the archive or pull it."""
+        image, resolved = target.image, target.resolved
         # A digest names immutable content: "always" has nothing to refresh.
         always = self.policy is PullPolicy.ALWAYS and resolved.digest is None
-        lock_path, state_path = self._paths(resolved, platform)
 
         # Without the lock first: the common case, an image already there, needs no wait.
-        attrs = self._usable(resolved, platform, state_path, always=always)
+        attrs = self._usable(target, state_path, always=always)
         if attrs is not None:
-            return found(attrs, "present")
+            return _Outcome(attrs, "present")
+        if self.policy is PullPolicy.NEVER and self._archived_entry(target) is None:
+            missing = None
+            if self.archive is not None:
+                missing = f"the image archive {self.archive.directory} has no copy of it"
+            raise self._not_present(target, missing)
         with exclusive(lock_path, timeout=self.lock_timeout, what=f"the image {image}"):
             # Whoever held the lock before may have pulled it, or failed, meanwhile.
-            attrs = self._usable(resolved, platform, state_path, always=always)
+            attrs = self._usable(target, state_path, always=always)
             if attrs is not None:
-                return found(attrs, "present")
+                return _Outcome(attrs, "present")
             record = read_json(state_path)
             if record is not None and record.get("run_id") == self.run_id:
                 error = _recorded_error(record, image)
                 if error is not None:
                     raise error
+            archive_note, archive_failed = None, False
+            if not always:
+                loaded, archive_note, archive_failed = self._load(target, state_path)
+                if loaded is not None:
+                    return loaded
+                if self.policy is PullPolicy.NEVER:
+                    raise self._not_present(target, archive_note)
             try:
-                image_id = pull_image(
+                pulled = pull_image_result(
                     self.client,
                     resolved,
-                    platform=platform,
+                    platform=target.platform,
                     stall_timeout=self.stall_timeout,
                     retry_budget=self.retry_budget,
                     on_progress=self.on_progress,
                     declared=image,
                 )
             except ImagePullError as error:
+                if always and error.kind != "permanent":
+                    # The registry is out of reach: the archived copy beats no image.
+                    loaded, archive_note, archive_failed = self._load(target, state_path)
+                    if loaded is not None:
+                        fallback = (
+                            f"pulling failed ({error.kind}: {error.reason}); used the archived "
+                            f"copy from {self.archive.directory if self.archive else '?'}"
+                        )
+                        _log.warning("%s: %s", image, fallback)
+                        return dataclasses.replace(loaded, note=fallback)
+                error = self._explain(error, target, archive_note)
                 self._record(state_path, resolved, error=error)
-                raise
-            attrs = inspect_image(self.client, image_id)
+                raise error from None
+            attrs = inspect_image(self.client, pulled.image_id)
             if attrs is None:
                 raise ContainerError(f"the image {image} vanished right after its pull")
-            result = found(attrs, "pulled")
-            self._record(state_path, resolved, image_id=image_id, digest=result.digest)
-            return result
+            # The engine's "Digest:" line names what the tag points to; by digest, it is it.
+            digest = resolved.digest or pulled.digest
+            if digest is None:
+                digest = self._digest_of(attrs, target, state_path)
+            self._record(
+                state_path, resolved, image_id=pulled.image_id, digest=digest, source="pulled"
+            )
+            # A bad archived copy was replaced by this pull: say so, it is worth a look.
+            replaced = f"pulled instead: {archive_note}" if archive_failed else None
+            return _Outcome(attrs, "pulled", digest, replaced)
 
-    def _usable(
-        self, resolved: Reference, platform: str | None, state_path: Path, *, always: bool
-    ) -> dict[str, Any] | None:
+    def _usable(self, target: _Target, state_path: Path, *, always: bool) -> dict[str, Any] | None:
         """The engine's record of the image if it may be used without pulling."""
-        attrs = self._inspect(image_target(resolved), platform)
+        attrs = self._present(target, state_path)
         if attrs is None or not always:
             return attrs
         # "always" reuses only what this run pulled, and only if the engine still has it.
@@ -377,12 +493,222 @@ class ImageCache:
         if (
             record is not None
             and record.get("run_id") == self.run_id
-            and record.get("reference") == str(resolved)
+            and record.get("reference") == str(target.resolved)
             and record.get("error") is None
             and record.get("image_id") == attrs["Id"]
         ):
             return attrs
         return None
+
+    def _present(self, target: _Target, state_path: Path) -> dict[str, Any] | None:
+        """The engine's record of the image, if the engine has it."""
+        resolved, platform = target.resolved, target.platform
+        attrs = self._inspect(image_target(resolved), platform)
+        if attrs is not None or resolved.digest is None:
+            return attrs
+        # A digest is found by the image's RepoDigests, which an image loaded from an
+        # archive lacks; the id recorded with the digest (content-addressed, so it names
+        # the same content) finds it instead.
+        known: list[str] = []
+        record = read_json(state_path)
+        if (
+            record is not None
+            and record.get("reference") == str(resolved)
+            and record.get("error") is None
+            and isinstance(record.get("image_id"), str)
+        ):
+            known.append(str(record["image_id"]))
+        entry = self._archived_entry(target)
+        if entry is not None and entry.image_id not in known:
+            known.append(entry.image_id)
+        for image_id in known:
+            attrs = self._inspect(image_id, platform)
+            if attrs is not None:
+                return attrs
+        return None
+
+    def _archived_entry(self, target: _Target) -> ArchiveEntry | None:
+        if self.archive is None:
+            return None
+        try:
+            return self.archive.find(target.canonical, target.platform)
+        except (OSError, ContainerError) as error:  # an unreadable index: as if absent
+            _log.warning("cannot read the image archive %s: %s", self.archive.directory, error)
+            return None
+
+    def _load(self, target: _Target, state_path: Path) -> tuple[_Outcome | None, str | None, bool]:
+        """Load the image from the archive, if it has it: the outcome; else, for messages,
+        what kept the archive from providing it (``None`` without an archive), and whether
+        the archive had a copy that failed.
+
+        Called with the image's lock held.
+        """
+        if self.archive is None:
+            return None, None, False
+        entry = self._archived_entry(target)
+        if entry is None:
+            return None, f"the image archive {self.archive.directory} has no copy of it", False
+        try:
+            attrs = self.archive.load(self.client, entry)
+            if target.platform is not None and not _matches_platform(attrs, target.platform):
+                raise ArchiveError(
+                    f"the archived image {entry.key} ({entry.path}) is for "
+                    f"{attrs.get('Os')}/{attrs.get('Architecture')}, not {target.platform}",
+                    path=entry.path,
+                    corrupt=True,
+                )
+            self._tag_loaded(target, attrs, entry)
+        except ArchiveError as error:
+            _log.warning("%s: %s", target.image, error.message)
+            if error.corrupt:
+                self.archive.discard(entry)  # so that the pull that follows re-archives it
+            return None, f"its archived copy could not be used: {error.message}", True
+        self._record(
+            state_path,
+            target.resolved,
+            image_id=str(attrs["Id"]),
+            digest=entry.digest,
+            source="loaded",
+        )
+        return _Outcome(attrs, "loaded", entry.digest), None, False
+
+    def _tag_loaded(self, target: _Target, attrs: dict[str, Any], entry: ArchiveEntry) -> None:
+        """Make a loaded image answer to the resolved tag, as a pulled one would.
+
+        The tarball restores the tag it was saved with, which names another mirror when
+        the run that saved it used one. A digest needs no tag: it is found by its id.
+        """
+        resolved = target.resolved
+        if resolved.digest is not None:
+            return
+        tag = resolved.tag or "latest"
+        current = inspect_image(self.client, f"{resolved.name}:{tag}")
+        if current is not None and current["Id"] == attrs["Id"]:
+            return
+        try:
+            self.client.api.tag(str(attrs["Id"]), resolved.name, tag, force=True)
+        except docker.errors.APIError as error:
+            raise ArchiveError(
+                f"loaded the archived image {entry.key} but could not tag it "
+                f"{resolved.name}:{tag}: {error.explanation or error}",
+                path=entry.path,
+            ) from error
+
+    def _archive_image(
+        self, target: _Target, attrs: dict[str, Any], digest: str, lock_path: Path
+    ) -> str | None:
+        """Save the image to the archive unless it has it; what went wrong, if anything."""
+        archive = self.archive
+        if archive is None:
+            return None
+        image_id = str(attrs["Id"])
+        done = (archive.directory, str(target.canonical.name), digest, target.platform, image_id)
+        with self._mutex:
+            if done in self._archived:
+                return None
+
+        def archived() -> bool:
+            entry = self._archived_entry(target)
+            return entry is not None and entry.digest == digest and entry.image_id == image_id
+
+        try:
+            if not archived():
+                # The image's own lock: another worker that found it present too would
+                # otherwise save the same tarball at the same time.
+                with exclusive(
+                    lock_path, timeout=self.lock_timeout, what=f"the image {target.image}"
+                ):
+                    if not archived():
+                        archive.save(
+                            self.client,
+                            ref=target.canonical,
+                            digest=digest,
+                            image_id=image_id,
+                            platform=target.platform,
+                            source=self._save_source(target, image_id),
+                        )
+        except ContainerError as error:  # ArchiveError, or a lock timeout
+            message = f"not archived: {error.message}"
+            _log.warning("%s: %s", target.image, message)
+            return message
+        with self._mutex:
+            self._archived.add(done)
+        return None
+
+    def _save_source(self, target: _Target, image_id: str) -> str:
+        """What to save: the resolved tag if it names this image (``docker load`` then
+        restores it), else the id."""
+        resolved = target.resolved
+        if resolved.tag is None:
+            return image_id
+        tagged = f"{resolved.name}:{resolved.tag}"
+        attrs = inspect_image(self.client, tagged)
+        return tagged if attrs is not None and attrs["Id"] == image_id else image_id
+
+    def _digest_of(self, attrs: dict[str, Any], target: _Target, state_path: Path) -> str | None:
+        """The registry digest of a present image of ``target``'s tag."""
+        candidates = _repo_digests(attrs, target.resolved)
+        record = read_json(state_path)
+        recorded = None
+        if (
+            record is not None
+            and record.get("reference") == str(target.resolved)
+            and record.get("image_id") == attrs["Id"]
+            and isinstance(record.get("digest"), str)
+        ):
+            recorded = str(record["digest"])
+        # RepoDigests may list several digests of the repository; the state file knows
+        # which one this tag was pulled (or loaded) as.
+        if recorded is not None and (not candidates or recorded in candidates):
+            return recorded
+        if candidates:
+            return candidates[0]
+        entry = self._archived_entry(target)  # loaded by another run: no RepoDigests
+        if entry is not None and entry.image_id == attrs["Id"]:
+            return entry.digest
+        return None
+
+    def _not_present(self, target: _Target, archive_note: str | None) -> ImageNotFoundError:
+        image, resolved = target.image, target.resolved
+        pinned = f", pinned to {resolved.digest} by the lock file," if target.pinned else ""
+        message = (
+            f"the image {image} ({resolved}){pinned} is not in the Docker engine and the pull "
+            f"policy is 'never'; pull it first (docker pull {resolved}), or run with "
+            "--container-pull=missing"
+        )
+        if archive_note is not None:
+            message += f"; {archive_note}"
+        return ImageNotFoundError(
+            message,
+            image=image,
+            registry=resolved.registry,
+            reason="not present in the engine",
+            kind="policy",
+        )
+
+    def _explain(
+        self, error: ImagePullError, target: _Target, archive_note: str | None
+    ) -> ImagePullError:
+        """``error`` with what the pin and the archive add to it."""
+        extra = ""
+        if target.pinned and isinstance(error, ImageNotFoundError):
+            extra += (
+                f"; the lock file pins {target.image} to {target.resolved.digest}, which the "
+                "registry may have deleted: run pytest --container-lock=update to pin what "
+                "the tag points to now"
+            )
+        if archive_note is not None:
+            extra += f"; {archive_note}"
+        if not extra:
+            return error
+        return type(error)(
+            error.message + extra,
+            image=error.image,
+            registry=error.registry,
+            reason=error.reason,
+            kind=error.kind,
+            test=error.test,
+        )
 
     def _inspect(self, target: str, platform: str | None) -> dict[str, Any] | None:
         attrs = inspect_image(self.client, target)
@@ -399,6 +725,7 @@ class ImageCache:
         *,
         image_id: str | None = None,
         digest: str | None = None,
+        source: str | None = None,
         error: ImagePullError | None = None,
     ) -> None:
         write_json_atomic(
@@ -408,6 +735,7 @@ class ImageCache:
                 "reference": str(resolved),
                 "image_id": image_id,
                 "digest": digest,
+                "source": source,
                 "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 "error": None
                 if error is None
@@ -421,16 +749,17 @@ class ImageCache:
         )
 
 
-def _repo_digest(attrs: dict[str, Any], resolved: Reference) -> str | None:
-    """The registry digest of the image in ``resolved``'s repository, from RepoDigests."""
+def _repo_digests(attrs: dict[str, Any], resolved: Reference) -> list[str]:
+    """The registry digests of the image in ``resolved``'s repository, from RepoDigests."""
+    digests = []
     for entry in attrs.get("RepoDigests") or ():
         name, _, digest = str(entry).partition("@")
         try:
-            if parse_reference(name).name == resolved.name:
-                return digest
+            if parse_reference(name).name == resolved.name and digest not in digests:
+                digests.append(digest)
         except ImageReferenceError:
             continue
-    return None
+    return digests
 
 
 def _matches_platform(attrs: dict[str, Any], platform: str) -> bool:

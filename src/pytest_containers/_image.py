@@ -12,8 +12,11 @@ class Image:
     ``ref`` is the reference as the test declared it (``redis:7``), ``resolved_ref`` the
     one the engine was asked for after any mirror or pin, ``id`` the engine's image id and
     ``digest`` the registry's content digest (``sha256:…``; ``None`` for a local build).
-    ``source`` says how it got there: ``"pulled"``, ``"present"``, ``"loaded"`` or
-    ``"built"``; ``seconds`` how long that took.
+    ``source`` says how it got there: ``"pulled"``, ``"present"``, ``"loaded"`` (from an
+    image archive) or ``"built"``; ``seconds`` how long that took. ``pinned`` is true when
+    a lock file pin chose the digest (``resolved_ref`` then ends in ``@`` and it), and
+    ``note`` says what else a person should know, e.g. that the registry could not be
+    reached and the archived copy was used, or that archiving the image failed.
     """
 
     ref: str
@@ -23,3 +26,5 @@ class Image:
     platform: str | None = None
     source: str = "present"
     seconds: float = 0.0
+    pinned: bool = False
+    note: str | None = None

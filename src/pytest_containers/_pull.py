@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PullProgress",
+    "PullResult",
     "classify_pull_failure",
     "describe_pull_failure",
     "image_target",
@@ -37,6 +38,7 @@ __all__ = [
     "is_not_found",
     "make_pull_error",
     "pull_image",
+    "pull_image_result",
     "redact",
 ]
 
@@ -87,6 +89,8 @@ _TRANSIENT = (
 )
 _TRANSIENT_RE = re.compile(r"\beof\b|(?:status:? |http )5\d\d\b")
 _USERINFO_RE = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@\"']+@", re.IGNORECASE)
+# The engine's last status line but one names the manifest it pulled: "Digest: sha256:…".
+_DIGEST_STATUS_RE = re.compile(r"Digest: ([A-Za-z0-9+._-]+:[0-9a-fA-F]{32,})")
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,15 @@ class PullProgress:
     bytes_current: int = 0
     bytes_total: int = 0
     done: bool = False
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """A finished pull: the engine's ``image_id``, and the ``digest`` of the manifest the
+    registry served, as the engine reported it (``None`` if it did not say)."""
+
+    image_id: str
+    digest: str | None
 
 
 def redact(text: str) -> str:
@@ -299,8 +312,8 @@ def _attempt(
     platform: str | None,
     stall_timeout: float,
     tracker: _Tracker,
-) -> str:
-    """One pull: returns the image id, raises :class:`_Failure`."""
+) -> PullResult:
+    """One pull: returns the image id and digest, raises :class:`_Failure`."""
     # The stream is read in a helper thread so that this one can time out on silence:
     # a blocked socket read has no timeout (docker-py pulls with timeout=None).
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
@@ -331,6 +344,7 @@ def _attempt(
     reader = threading.Thread(target=read, name=f"pytest-containers-pull {ref}", daemon=True)
     reader.start()
     finished = False
+    digest: str | None = None
     try:
         deadline = time.monotonic() + stall_timeout
         last_event = "none yet: the registry has not answered the engine"
@@ -349,6 +363,11 @@ def _attempt(
                 if error:
                     reason = redact(str(error))
                     raise _Failure(classify_pull_failure(reason), reason)
+                # A tag's RepoDigests may list several digests of the repository; this
+                # line says which one the tag points to now.
+                found = _DIGEST_STATUS_RE.match(str(payload.get("status") or ""))
+                if found is not None:
+                    digest = found.group(1)
                 tracker.feed(payload)
                 last_event = _describe_event(payload)
         finished = True
@@ -362,7 +381,7 @@ def _attempt(
     attrs = inspect_image(client, image_target(ref))
     if attrs is None:
         raise _Failure("transient", "the engine ended the pull without the image")
-    return str(attrs["Id"])
+    return PullResult(str(attrs["Id"]), digest)
 
 
 def _describe_event(entry: Mapping[str, Any]) -> str:
@@ -403,7 +422,30 @@ def pull_image(
     declared: str | None = None,
 ) -> str:
     """Pull ``ref`` (by digest when it has one) into the engine and return the id of the
-    image present afterwards.
+    image present afterwards; :func:`pull_image_result` says more."""
+    return pull_image_result(
+        client,
+        ref,
+        platform=platform,
+        stall_timeout=stall_timeout,
+        retry_budget=retry_budget,
+        on_progress=on_progress,
+        declared=declared,
+    ).image_id
+
+
+def pull_image_result(
+    client: docker.DockerClient,
+    ref: Reference,
+    *,
+    platform: str | None,
+    stall_timeout: float,
+    retry_budget: float,
+    on_progress: Callable[[PullProgress], None] | None,
+    declared: str | None = None,
+) -> PullResult:
+    """Pull ``ref`` (by digest when it has one) into the engine and return the id of the
+    image present afterwards, with the digest of the manifest the registry served.
 
     Progress goes to ``on_progress`` (in this thread, at most about 10 times a second,
     and once more with ``done=True``). A pull that produces no event for
@@ -423,7 +465,7 @@ def pull_image(
     while True:
         attempt += 1
         try:
-            image_id = _attempt(
+            result = _attempt(
                 client, ref, platform=platform, stall_timeout=stall_timeout, tracker=tracker
             )
         except _Failure as failure:
@@ -448,4 +490,4 @@ def pull_image(
                 failure.kind, message, image=image, registry=ref.registry, reason=failure.reason
             ) from None
         tracker.emit(done=True)
-        return image_id
+        return result
