@@ -127,14 +127,22 @@ def _busybox_tar(marker: str) -> bytes:
     return buffer.getvalue()
 
 
-def push_unique_image(client: docker.DockerClient, prefix: str = "pct") -> str:
+def push_unique_image(
+    client: docker.DockerClient, prefix: str = "pct", *, name: str | None = None,
+    marker: str | None = None,
+) -> str:  # fmt: skip
     """Push a small busybox image that no engine has seen to the registry, under a new
-    Hub-style name, and leave it out of the engine. Returns the name (``pct-1a2b…:1``)."""
-    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    Hub-style name, and leave it out of the engine. Returns the name (``pct-1a2b…:1``).
+
+    With ``name``, push under that name instead (moving its tag ``1``); ``marker`` is the
+    content of /etc/image-id in the image (default: the name), which tells images apart.
+    """
+    name = name or f"{prefix}-{uuid.uuid4().hex[:12]}"
     target = f"{REGISTRY}/library/{name}"
     client.api.import_image_from_data(
-        _busybox_tar(name), repository=target, tag="1", changes=['CMD ["sh"]', "ENV PATH=/bin"]
-    )
+        _busybox_tar(marker or name), repository=target, tag="1",
+        changes=['CMD ["sh"]', "ENV PATH=/bin"],
+    )  # fmt: skip
     for _ in client.api.push(target, tag="1", stream=True, decode=True):
         pass
     remove_image(client, f"{target}:1")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-
-import docker
-import docker.errors
-import requests.exceptions
+from typing import TYPE_CHECKING
 
 from pytest_containers.errors import EngineUnavailableError
+
+if TYPE_CHECKING:
+    import docker
 
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 
@@ -25,6 +25,11 @@ def connect(*, connect_timeout: float = 5.0, timeout: float = 300.0) -> docker.D
     The ping is bounded by ``connect_timeout`` so that a missing engine fails in seconds;
     later calls get ``timeout``. Raises :class:`EngineUnavailableError` naming what was tried.
     """
+    # Imported here: the report header uses this module, and docker-py is slow to import.
+    import docker
+    import docker.errors
+    import requests.exceptions
+
     try:
         client = docker.DockerClient.from_env(timeout=int(max(connect_timeout, 1)))
         client.ping()
@@ -36,3 +41,43 @@ def connect(*, connect_timeout: float = 5.0, timeout: float = 300.0) -> docker.D
         ) from None
     client.api.timeout = int(timeout)
     return client
+
+
+def describe_engine(*, timeout: float = 0.5) -> str:
+    """``"Docker 20.10.24 at unix:///var/run/docker.sock"`` for the report header.
+
+    Asks the engine's /version over a bare socket, so that a run which starts no container
+    pays neither docker-py's import nor more than a moment; says where it looked when no
+    engine answers, or when it is reached in a way this probe does not speak (TLS, ssh).
+    """
+    import http.client
+    import json
+    import socket
+
+    location = os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
+    connection: http.client.HTTPConnection
+    if location.startswith("unix://"):
+        path = location[len("unix://") :]
+
+        class _UnixConnection(http.client.HTTPConnection):
+            def connect(self) -> None:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.settimeout(timeout)
+                self.sock.connect(path)
+
+        connection = _UnixConnection("docker", timeout=timeout)
+    elif location.startswith("tcp://") and not os.environ.get("DOCKER_TLS_VERIFY"):
+        address = location[len("tcp://") :].split("/", 1)[0]
+        host, _, port = address.rpartition(":")
+        connection = http.client.HTTPConnection(host or address, int(port or 2375), timeout=timeout)
+    else:
+        return f"at {location}"
+    try:
+        connection.request("GET", "/version")
+        response = connection.getresponse()
+        version = json.loads(response.read()).get("Version", "?")
+    except (OSError, ValueError, http.client.HTTPException):
+        return f"not answering at {location}"
+    finally:
+        connection.close()
+    return f"Docker {version} at {location}"

@@ -13,7 +13,7 @@ import re
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import docker
@@ -30,6 +30,7 @@ from pytest_containers._containers import (
 )
 from pytest_containers._engine import connect
 from pytest_containers._image import Image
+from pytest_containers._lockfile import Pin
 from pytest_containers._locks import (
     default_cache_dir,
     ensure_private_dir,
@@ -72,6 +73,7 @@ class ContainerManager:
         worker: str,
         whole_run: bool = True,
         on_progress: Callable[[PullProgress], None] | None = None,
+        pins: Mapping[str, Pin] | None = None,
     ) -> None:
         self.settings = settings
         self.run_id = run_id
@@ -79,6 +81,7 @@ class ContainerManager:
         #: True for the process that ends the run (xdist's controller, or the only one).
         self.whole_run = whole_run
         self._on_progress = on_progress
+        self._pins = pins
         self._client: docker.DockerClient | None = None
         self._client_error: EngineUnavailableError | None = None
         self._cache: ImageCache | None = None
@@ -139,6 +142,9 @@ class ContainerManager:
                     stall_timeout=self.settings.stall_timeout,
                     # A test waits on this: retry what may pass, but not for a minute.
                     retry_budget=10.0,
+                    pins=self._pins,
+                    require_pins=self.settings.lock == "strict",
+                    archive_dir=self.settings.archive,
                     on_progress=self._on_progress,
                 )
             return self._cache

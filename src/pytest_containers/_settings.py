@@ -14,6 +14,7 @@ from pytest_containers._reference import parse_mirror
 PULL_POLICIES = ("missing", "always", "never")
 KEEP_POLICIES = ("never", "failed", "always")
 UNAVAILABLE_POLICIES = ("error", "skip")
+LOCK_MODES = ("auto", "update", "strict")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -77,6 +78,25 @@ OPTIONS = (
         is_flag=True,
     ),
     Option(
+        "lock",
+        "image pinning with the lock file: 'auto' (default) runs the pinned digests when "
+        "the file exists and warns about unpinned images, 'update' writes the digests this "
+        "run resolved, 'strict' fails a test whose image is not pinned",
+        metavar="MODE",
+        choices=LOCK_MODES,
+    ),
+    Option(
+        "lockfile",
+        "the lock file of image digests (default: containers.lock in the rootdir)",
+        metavar="PATH",
+    ),
+    Option(
+        "archive",
+        "save each pulled image to DIR as a tarball keyed by digest, and load images the "
+        "engine lacks from there instead of pulling them (offline CI)",
+        metavar="DIR",
+    ),
+    Option(
         "keep",
         "keep containers after their tests for debugging: 'never' (default), 'failed' "
         "(those of failed tests) or 'always'; kept ones are listed with the command that "
@@ -113,6 +133,9 @@ class Settings:
     #: None means the default, ~/.cache/pytest-containers (see _locks.default_cache_dir).
     cache_dir: Path | None = None
     prefetch: bool = True
+    lock: str = "auto"
+    lockfile: Path | None = None
+    archive: Path | None = None
     keep: str = "never"
     unavailable: str = "error"
     timeout: float = 60.0
@@ -161,6 +184,9 @@ _PARSERS: dict[str, Callable[[Option, str], object]] = {
     "mirror": _mirror,
     "cache_dir": lambda _option, text: Path(text).expanduser(),
     "prefetch": _flag,
+    "lock": _choice,
+    "lockfile": lambda _option, text: Path(text).expanduser(),
+    "archive": lambda _option, text: Path(text).expanduser(),
     "keep": _choice,
     "unavailable": _choice,
     "timeout": _seconds,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
 
     from pytest_containers._cleanup import RunHold
     from pytest_containers._image import Image
+    from pytest_containers._lockfile import Pin
     from pytest_containers._manager import ContainerManager
     from pytest_containers._pull import PullProgress
 
@@ -40,6 +42,12 @@ class PluginState:
     kept: list[dict[str, object]] = field(default_factory=list)
     #: The controller's hold on the run's lock under xdist (see _cleanup.hold_run).
     run_hold: RunHold | None = None
+    #: The lock file, whether it exists, and its pins (by _lockfile.pin_key).
+    lockfile: Path | None = None
+    lockfile_exists: bool = False
+    pins: dict[str, Pin] = field(default_factory=dict)
+    #: Pins written at the end of an update run, for the summary.
+    pins_written: int | None = None
     #: Called with pull progress; None where nobody watches (xdist workers, ``-q``).
     on_progress: Callable[[PullProgress], None] | None = None
     _manager: ContainerManager | None = None
@@ -60,6 +68,8 @@ class PluginState:
                     worker=self.worker,
                     whole_run=self.whole_run,
                     on_progress=self.on_progress,
+                    # An update run resolves the tags afresh; the others run the pins.
+                    pins=None if self.settings.lock == "update" else self.pins,
                 )
             return self._manager
 

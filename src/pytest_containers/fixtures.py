@@ -70,9 +70,15 @@ def _scope_node(request: pytest.FixtureRequest, scope: str) -> pytest.Item | pyt
 
 
 def _record_use(request: pytest.FixtureRequest, container: Container) -> None:
+    """Remember which containers a test used (for its logs on failure) and record the
+    image it ran on in the test's user_properties (JUnit XML <property> elements)."""
     used = request.node.stash.setdefault(used_containers_key, [])
     if container not in used:
         used.append(container)
+        image = container.image
+        request.node.user_properties.append(
+            (f"container-image {image.ref}", image.digest or image.id)
+        )
 
 
 def _start_declared(

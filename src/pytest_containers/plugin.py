@@ -15,7 +15,16 @@ from typing import Any
 
 import pytest
 
+from pytest_containers._image import Image
 from pytest_containers._markers import MarkerError, declarations
+from pytest_containers._report import (
+    image_from_record,
+    image_record,
+    merge_images,
+    summary_lines,
+    unpinned,
+    update_lockfile,
+)
 from pytest_containers._settings import OPTIONS, SettingError, Settings, resolve_settings
 from pytest_containers._state import PluginState, plugin_state, state_key
 from pytest_containers.errors import ContainerError
@@ -109,13 +118,15 @@ def pytest_configure(config: pytest.Config) -> None:
     else:
         run_id = getattr(config.option, "testrunuid", None) or uuid.uuid4().hex
         worker = "main"
-    config.stash[state_key] = PluginState(
+    state = PluginState(
         settings=settings,
         run_id=run_id,
         worker=worker,
         is_worker=workerinput is not None,
         whole_run=workerinput is None,
     )
+    _read_lockfile(config, state)
+    config.stash[state_key] = state
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(), "containers-xdist")
 
@@ -128,6 +139,21 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         from pytest_containers._progress import PullReporter
 
         plugin_state(config).on_progress = PullReporter(reporter.write_line)
+
+
+def _read_lockfile(config: pytest.Config, state: PluginState) -> None:
+    """Find the lock file and read its pins now, so that a broken one stops the run at
+    once rather than failing every test."""
+    from pytest_containers._lockfile import DEFAULT_LOCKFILE, LockFileError, read_lockfile
+
+    path = state.settings.lockfile or config.rootpath / DEFAULT_LOCKFILE
+    state.lockfile = path
+    state.lockfile_exists = path.is_file()
+    if state.lockfile_exists and state.settings.lock != "update":
+        try:
+            state.pins = read_lockfile(path)
+        except LockFileError as error:
+            raise pytest.UsageError(str(error)) from None
 
 
 class XdistHooks:
@@ -158,9 +184,18 @@ class XdistHooks:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    settings = plugin_state(config).settings
+    from pytest_containers._engine import describe_engine
+
+    state = plugin_state(config)
+    settings = state.settings
     mirror = f", mirror {settings.mirror}" if settings.mirror else ""
-    return [f"containers: pull {settings.pull}{mirror}"]
+    if state.lockfile_exists or settings.lock != "auto":
+        pins = f"{len(state.pins)} pins" if state.lockfile_exists else "not there yet"
+        lock = f", lock file {state.lockfile} ({pins}, {settings.lock})"
+    else:
+        lock = ""
+    archive = f", archive {settings.archive}" if settings.archive else ""
+    return [f"containers: {describe_engine()}, pull {settings.pull}{mirror}{lock}{archive}"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -233,7 +268,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         state.kept.extend(_kept_record(c) for c in manager.kept.values())
         if state.is_worker:
             workeroutput = session.config.workeroutput  # type: ignore[attr-defined]
-            workeroutput[_WORKER_IMAGES] = [_image_record(i) for i in manager.resolved_images()]
+            workeroutput[_WORKER_IMAGES] = [image_record(i) for i in manager.resolved_images()]
             workeroutput[_WORKER_USED] = state.used_containers
             workeroutput[_WORKER_KEPT] = state.kept
     if not state.is_worker and state.used_containers:
@@ -245,6 +280,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
                 from pytest_containers._cleanup import mark_kept
 
                 mark_kept(manager.cache_dir, state.run_id, [str(k["name"]) for k in state.kept])
+    if state.whole_run and state.settings.lock == "update" and state.lockfile is not None:
+        images = _run_images(state)
+        if images:
+            state.pins_written = update_lockfile(state.lockfile, images)
     if state.has_manager:
         state.manager().stop_guard()
     if state.run_hold is not None:
@@ -255,15 +294,11 @@ def _kept_record(container: Any) -> dict[str, object]:
     return {"id": container.id, "name": container.name, "image": container.image.ref}
 
 
-def _image_record(image: Any) -> dict[str, object]:
-    return {
-        "ref": image.ref,
-        "resolved_ref": image.resolved_ref,
-        "id": image.id,
-        "digest": image.digest,
-        "source": image.source,
-        "seconds": image.seconds,
-    }
+def _run_images(state: PluginState) -> list[Image]:
+    """Every image the run resolved, this process's and its workers', one per reference."""
+    images = state.resolved_images()
+    images += [image_from_record(record) for record in state.worker_images]
+    return merge_images(images)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -274,21 +309,19 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             terminalreporter.write_line(f"{kept['name']}  ({kept['image']})")
         names = " ".join(str(kept["name"]) for kept in state.kept)
         terminalreporter.write_line(f"remove them with: docker rm -f {names}")
-    records = [_image_record(image) for image in state.resolved_images()]
-    records += state.worker_images
-    if not records:
+    images = _run_images(state)
+    if not images:
         return
-    merged: dict[str, dict[str, object]] = {}
-    for record in records:
-        ref = str(record["ref"])
-        # One line per image: the process that pulled it tells the most.
-        if ref not in merged or record["source"] == "pulled":
-            merged[ref] = record
     terminalreporter.section("containers: images", sep="-")
-    width = max(len(ref) for ref in merged)
-    for ref, record in sorted(merged.items()):
-        digest = str(record["digest"] or record["id"])
-        short = digest.split(":", 1)[-1][:12]
-        terminalreporter.write_line(
-            f"{ref:<{width}}  {short}  {record['source']:<8} {float(str(record['seconds'])):.2f} s"
-        )
+    for line in summary_lines(images):
+        terminalreporter.write_line(line)
+    if state.pins_written is not None:
+        terminalreporter.write_line(f"{state.lockfile}: updated, {state.pins_written} pins")
+    elif state.lockfile_exists:
+        loose = unpinned(images, state.pins)
+        if loose:
+            terminalreporter.write_line(
+                f"not pinned in {state.lockfile}: {', '.join(loose)}; pin them with "
+                "pytest --container-lock=update",
+                yellow=True,
+            )
