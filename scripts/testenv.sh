@@ -41,6 +41,7 @@ ensure_tools() {
     command -v debootstrap >/dev/null || missing+=(debootstrap)
     # busybox-static's binary; a dynamic busybox would not run FROM scratch.
     dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+    command -v htpasswd >/dev/null || missing+=(apache2-utils)
     if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 }
 
@@ -61,11 +62,14 @@ ensure_engine() {
 }
 
 registry_url="http://$TESTENV_REGISTRY"
-registry_answers() { curl -fsS -m 2 "$registry_url/v2/" >/dev/null 2>&1; }
+answers() { curl -sS -m 2 -o /dev/null "http://$1/v2/" 2>/dev/null; }
 
-ensure_registry() {
-    if registry_answers; then return; fi
-    local dir="$TESTENV_DIR/registry"
+# start_registry NAME ADDRESS [AUTH-YAML]: a docker-registry host process on ADDRESS, its
+# storage under TESTENV_DIR/NAME and its access log in TESTENV_DIR/NAME.log.
+start_registry() {
+    local name=$1 address=$2 auth=${3:-}
+    if answers "$address"; then return; fi
+    local dir="$TESTENV_DIR/$name"
     mkdir -p "$dir/data"
     cat >"$dir/config.yml" <<YAML
 version: 0.1
@@ -80,18 +84,30 @@ storage:
   delete:
     enabled: true
 http:
-  addr: $TESTENV_REGISTRY
+  addr: $address
   secret: pytest-containers-testenv
+$auth
 YAML
-    say "starting docker-registry on $TESTENV_REGISTRY (log: $TESTENV_DIR/registry.log)"
-    setsid nohup docker-registry serve "$dir/config.yml" >>"$TESTENV_DIR/registry.log" 2>&1 </dev/null &
-    echo $! >"$TESTENV_DIR/registry.pid"
+    say "starting docker-registry on $address (log: $TESTENV_DIR/$name.log)"
+    setsid nohup docker-registry serve "$dir/config.yml" >>"$TESTENV_DIR/$name.log" 2>&1 </dev/null &
+    echo $! >"$TESTENV_DIR/$name.pid"
     for _ in $(seq 1 100); do
-        if registry_answers; then return; fi
+        if answers "$address"; then return; fi
         sleep 0.1
     done
-    tail -n 20 "$TESTENV_DIR/registry.log" >&2 || true
-    die "docker-registry did not answer on $TESTENV_REGISTRY"
+    tail -n 20 "$TESTENV_DIR/$name.log" >&2 || true
+    die "docker-registry did not answer on $address"
+}
+
+ensure_registry() {
+    start_registry registry "$TESTENV_REGISTRY"
+    # Credentials nobody is given: every pull from it is refused as unauthorized.
+    local htpasswd="$TESTENV_DIR/auth-registry.htpasswd"
+    [ -s "$htpasswd" ] || htpasswd -Bbn pytest-containers "$(head -c 18 /dev/urandom | base64)" >"$htpasswd"
+    start_registry auth-registry "$TESTENV_AUTH_REGISTRY" "auth:
+  htpasswd:
+    realm: pytest-containers-testenv
+    path: $htpasswd"
 }
 
 # True when every tag is in the registry. Reads the tag list, not the manifests, so
@@ -177,6 +193,7 @@ seed_redis
 
 cat <<ENV
 export TESTENV_REGISTRY=$TESTENV_REGISTRY
+export TESTENV_AUTH_REGISTRY=$TESTENV_AUTH_REGISTRY
 export TESTENV_DIR=$TESTENV_DIR
 export PYTEST_CONTAINERS_MIRROR=$TESTENV_REGISTRY
 ENV

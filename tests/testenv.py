@@ -34,6 +34,8 @@ def _read_settings() -> dict[str, str]:
 
 SETTINGS = _read_settings()
 REGISTRY = SETTINGS["TESTENV_REGISTRY"]
+#: A registry that refuses every pull: it wants a login nobody has.
+AUTH_REGISTRY = SETTINGS["TESTENV_AUTH_REGISTRY"]
 TESTENV_DIR = Path(SETTINGS["TESTENV_DIR"])
 REGISTRY_LOG = TESTENV_DIR / "registry.log"
 

@@ -60,6 +60,7 @@ _PERMANENT = (
     *_NOT_FOUND,
     "unauthorized",
     "authentication required",
+    "no basic auth credentials",
     "denied",
     "forbidden",
     "invalid reference",
@@ -185,7 +186,8 @@ def describe_pull_failure(
             f"{head}: the registry does not have this image: {reason}. Check the "
             "repository name and the tag (or digest)."
         )
-    if any(marker in lowered for marker in ("unauthorized", "authentication", "denied")):
+    refused = ("unauthorized", "authentication", "auth credentials", "denied", "forbidden")
+    if any(marker in lowered for marker in refused):
         return (
             f"{head}: the registry refused access: {reason}. If the image is private, "
             f"log in first (docker login {registry}); otherwise check the name."
