@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 
 import docker
+import docker.errors
 import pytest
 
 from tests.testenv import REGISTRY, RegistryLog, push_unique_image, remove_image
@@ -35,3 +37,15 @@ def unique_image(docker_client: docker.DockerClient) -> Iterator[Callable[[], st
     yield make
     for name in made:
         remove_image(docker_client, f"{REGISTRY}/library/{name}")
+
+
+@pytest.fixture
+def builds_cleaned(docker_client: docker.DockerClient, pytester: pytest.Pytester) -> Iterator[None]:
+    """Afterwards, remove the images that inner runs built from contexts under pytester's
+    directory (builds outlive runs on purpose, so the test must do it)."""
+    yield
+    for image in docker_client.images.list(filters={"label": "pytest-containers.build-key"}):
+        context = (image.labels or {}).get("pytest-containers.context", "")
+        if context.startswith(str(pytester.path)):
+            with contextlib.suppress(docker.errors.APIError):
+                docker_client.images.remove(str(image.id), force=True)

@@ -4,6 +4,7 @@ registry (Docker Hub names through the mirror)."""
 from __future__ import annotations
 
 import re
+import shutil
 import uuid
 
 import docker
@@ -23,11 +24,14 @@ def test_the_readme_has_examples() -> None:
     assert len(EXAMPLES) >= 5
 
 
+@pytest.mark.usefixtures("builds_cleaned")
 @pytest.mark.parametrize("example", EXAMPLES, ids=[f"example{n}" for n in range(len(EXAMPLES))])
 def test_a_readme_example_passes(
     pytester: pytest.Pytester, docker_client: docker.DockerClient, example: str
 ) -> None:
     pytester.makepyfile(test_example=example)
+    # The build example's context, where the README says it is (relative to the rootdir).
+    shutil.copytree(ROOT / "examples" / "app", pytester.path / "examples" / "app")
     run_id = uuid.uuid4().hex
     result = pytester.runpytest_subprocess(
         MIRROR_OPTION, f"--testrunuid={run_id}", "-p", "no:cacheprovider", timeout=300

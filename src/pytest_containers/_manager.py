@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import docker
 import docker.errors
 
+from pytest_containers._build import BuildProgress, BuildSpec
 from pytest_containers._cache import ImageCache, PullPolicy
 from pytest_containers._cleanup import RunHold, Watchdog, hold_run, start_watchdog, sweep_dead_runs
 from pytest_containers._containers import (
@@ -73,6 +74,7 @@ class ContainerManager:
         worker: str,
         whole_run: bool = True,
         on_progress: Callable[[PullProgress], None] | None = None,
+        on_build_progress: Callable[[BuildProgress], None] | None = None,
         pins: Mapping[str, Pin] | None = None,
     ) -> None:
         self.settings = settings
@@ -81,7 +83,10 @@ class ContainerManager:
         #: True for the process that ends the run (xdist's controller, or the only one).
         self.whole_run = whole_run
         self._on_progress = on_progress
+        self._on_build_progress = on_build_progress
         self._pins = pins
+        self._built: dict[BuildSpec, Image] = {}
+        self._build_locks: dict[BuildSpec, threading.Lock] = {}
         self._client: docker.DockerClient | None = None
         self._client_error: EngineUnavailableError | None = None
         self._cache: ImageCache | None = None
@@ -162,8 +167,27 @@ class ContainerManager:
         with contextlib.suppress(ContainerError):
             self.cache.prefetch(wanted)
 
+    def build(self, spec: BuildSpec) -> Image:
+        """The image built from ``spec``: once per process (hashing a context is not
+        free), and once per content key across workers and runs (build_image's lock)."""
+        from pytest_containers._build import build_image
+
+        with self._lock:
+            lock = self._build_locks.setdefault(spec, threading.Lock())
+        with lock:
+            if spec not in self._built:
+                self._built[spec] = build_image(
+                    self.client,
+                    self.cache,
+                    spec,
+                    cache_dir=ensure_private_dir(self.cache_dir),
+                    on_progress=self._on_build_progress,
+                )
+            return self._built[spec]
+
     def resolved_images(self) -> list[Image]:
-        return self._cache.resolved() if self._cache is not None else []
+        pulled = self._cache.resolved() if self._cache is not None else []
+        return pulled + list(self._built.values())
 
     # -- containers ---------------------------------------------------------------
 
@@ -182,11 +206,20 @@ class ContainerManager:
         return f"pytest-containers-{self.run_id[:8]}-{slug.strip('-')[:40]}-{uuid.uuid4().hex[:6]}"
 
     def start(
-        self, spec: ContainerSpec, *, scope: str = "function", scope_key: str = ""
+        self,
+        spec: ContainerSpec,
+        *,
+        scope: str = "function",
+        scope_key: str = "",
+        build: BuildSpec | None = None,
     ) -> Container:
-        """A ready container for ``spec``. Within one scope key the same spec gives the
-        same container; ``function`` scope always starts a new one (the caller removes it)."""
-        image = self.image(spec.image, platform=spec.platform)
+        """A ready container for ``spec`` (of the image built from ``build``, if given).
+        Within one scope key the same spec gives the same container; ``function`` scope
+        always starts a new one (the caller releases it)."""
+        if build is not None:
+            image = self.build(build)
+        else:
+            image = self.image(spec.image, platform=spec.platform)
         if scope == "function":
             return self._start(image, spec, "function")
         key = f"{scope}:{scope_key}"

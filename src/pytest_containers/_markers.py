@@ -7,17 +7,22 @@ collection error naming the test and the keyword rather than a failure at run ti
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_containers._reference import parse_reference
-from pytest_containers.errors import ImageReferenceError
+from pytest_containers.errors import ImageBuildError, ImageReferenceError
+
+if TYPE_CHECKING:
+    from pytest_containers._build import BuildSpec
 
 MARKER = "container"
 SCOPES = ("function", "class", "module", "package", "session", "run")
 #: Marker keywords the plugin reads itself; the rest go to ContainerSpec.
-PLUGIN_KEYWORDS = ("name", "scope")
+PLUGIN_KEYWORDS = ("name", "scope", "build", "dockerfile", "target", "buildargs")
+BUILD_KEYWORDS = ("dockerfile", "target", "buildargs")
 
 
 class MarkerError(Exception):
@@ -34,6 +39,8 @@ class Declaration:
     name: str
     scope: str
     kwargs: tuple[tuple[str, Any], ...]
+    #: With ``build=``: the image is built from this context (``images`` is its name).
+    build: BuildSpec | None = None
 
     @property
     def param(self) -> str:
@@ -50,14 +57,42 @@ def default_name(image: str) -> str:
     return reference.repository.rsplit("/", 1)[-1]
 
 
-def _declaration(index: int, mark: pytest.Mark, where: str) -> Declaration:
+def build_spec(build: Any, kwargs: dict[str, Any], *, base_dir: Path, where: str) -> BuildSpec:
+    """The BuildSpec of ``build=`` and its friends (popped from ``kwargs``); a relative
+    context is taken relative to ``base_dir`` (the rootdir)."""
+    from pytest_containers._build import BuildSpec
+
+    try:
+        return BuildSpec.from_kwargs(
+            build,
+            dockerfile=kwargs.pop("dockerfile", None),
+            target=kwargs.pop("target", None),
+            buildargs=kwargs.pop("buildargs", None),
+            platform=kwargs.get("platform"),
+            base_dir=base_dir,
+        )
+    except ImageBuildError as error:
+        raise MarkerError(f"{where}: {error.message}") from None
+
+
+def _declaration(index: int, mark: pytest.Mark, where: str, rootdir: Path) -> Declaration:
     images = mark.args
-    if not images:
+    kwargs = dict(mark.kwargs)
+    build = None
+    if "build" in kwargs:
+        if images:
+            raise MarkerError(f"{where}: @pytest.mark.container takes an image or build=, not both")
+        build = build_spec(kwargs.pop("build"), kwargs, base_dir=rootdir, where=where)
+        images = (build.ref,)
+    elif not images:
         raise MarkerError(
             f"{where}: @pytest.mark.container needs an image, "
-            "e.g. @pytest.mark.container('redis:7', ports=[6379])"
+            "e.g. @pytest.mark.container('redis:7', ports=[6379]), or build='path/to/context'"
         )
-    for image in images:
+    stray = [keyword for keyword in BUILD_KEYWORDS if keyword in kwargs]
+    if stray:
+        raise MarkerError(f"{where}: {', '.join(stray)} only go with build='path/to/context'")
+    for image in images if build is None else ():
         if not isinstance(image, str):
             raise MarkerError(
                 f"{where}: @pytest.mark.container images must be strings, got {image!r}"
@@ -66,7 +101,6 @@ def _declaration(index: int, mark: pytest.Mark, where: str) -> Declaration:
             parse_reference(image)
         except ImageReferenceError as error:
             raise MarkerError(f"{where}: {error}") from None
-    kwargs = dict(mark.kwargs)
     scope = kwargs.pop("scope", "function")
     if scope not in SCOPES:
         valid = ", ".join(repr(s) for s in SCOPES)
@@ -87,12 +121,14 @@ def _declaration(index: int, mark: pytest.Mark, where: str) -> Declaration:
                 f"{where}: @pytest.mark.container({image!r}): {message}"
                 + (valid if "valid" in message else "")
             ) from None
+    default = build.context.name if build is not None else default_name(images[0])
     return Declaration(
         index=index,
         images=tuple(images),
-        name=name or default_name(images[0]),
+        name=name or default,
         scope=scope,
         kwargs=tuple(kwargs.items()),
+        build=build,
     )
 
 
@@ -102,7 +138,8 @@ def declarations(node: pytest.Item | Any) -> list[Declaration]:
     if not marks:
         return []
     where = getattr(node, "nodeid", "") or getattr(node, "name", "?")
-    found = [_declaration(index, mark, where) for index, mark in enumerate(marks)]
+    rootdir = node.config.rootpath
+    found = [_declaration(index, mark, where, rootdir) for index, mark in enumerate(marks)]
     names = [declaration.name for declaration in found]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pytest_containers._build import BuildProgress
     from pytest_containers._pull import PullProgress
 
 #: A pull quicker than this is not worth a line.
@@ -62,3 +63,23 @@ class PullReporter:
                     f", {_megabytes(progress.bytes_current)} of {_megabytes(progress.bytes_total)}"
                 )
             self._write_line(f"containers: pulling {progress.image}: {layers}{size}")
+
+    def build(self, progress: BuildProgress) -> None:
+        """Receives a build's progress: its step now and then, and its end if slow."""
+        now = self._clock()
+        key = f"build {progress.image}"
+        with self._lock:
+            started = self._started.setdefault(key, now)
+            elapsed = now - started
+            if progress.done:
+                self._started.pop(key, None)
+                if self._last_line.pop(key, None) is not None or elapsed >= QUIET_SECONDS:
+                    self._write_line(f"containers: built {progress.image} in {elapsed:.1f} s")
+                return
+            last = self._last_line.get(key)
+            if elapsed < QUIET_SECONDS or (last is not None and now - last < EVERY_SECONDS):
+                return
+            if not progress.step:
+                return
+            self._last_line[key] = now
+            self._write_line(f"containers: building {progress.image}: {progress.step}")

@@ -14,6 +14,7 @@ from pytest_containers._settings import Settings
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from pytest_containers._build import BuildProgress
     from pytest_containers._cleanup import RunHold
     from pytest_containers._image import Image
     from pytest_containers._lockfile import Pin
@@ -50,6 +51,7 @@ class PluginState:
     pins_written: int | None = None
     #: Called with pull progress; None where nobody watches (xdist workers, ``-q``).
     on_progress: Callable[[PullProgress], None] | None = None
+    on_build_progress: Callable[[BuildProgress], None] | None = None
     _manager: ContainerManager | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -68,6 +70,7 @@ class PluginState:
                     worker=self.worker,
                     whole_run=self.whole_run,
                     on_progress=self.on_progress,
+                    on_build_progress=self.on_build_progress,
                     # An update run resolves the tags afresh; the others run the pins.
                     pins=None if self.settings.lock == "update" else self.pins,
                 )

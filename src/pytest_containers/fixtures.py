@@ -8,7 +8,8 @@ inside a test; ``container_client`` is the docker-py client. ``container_fixture
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import pytest
@@ -20,6 +21,7 @@ from pytest_containers.errors import ContainerError, EngineUnavailableError
 if TYPE_CHECKING:
     import docker
 
+    from pytest_containers._build import BuildSpec
     from pytest_containers._containers import Container
     from pytest_containers._image import Image
     from pytest_containers._manager import ContainerManager
@@ -72,6 +74,8 @@ def _scope_node(request: pytest.FixtureRequest, scope: str) -> pytest.Item | pyt
 def _record_use(request: pytest.FixtureRequest, container: Container) -> None:
     """Remember which containers a test used (for its logs on failure) and record the
     image it ran on in the test's user_properties (JUnit XML <property> elements)."""
+    if not isinstance(request.node, pytest.Item):
+        return  # a fixture of a broader scope: no one test to attach it to
     used = request.node.stash.setdefault(used_containers_key, [])
     if container not in used:
         used.append(container)
@@ -92,13 +96,14 @@ def _start_declared(
         image = callspec.params[declaration.param]
     spec = ContainerSpec.from_kwargs(image, **declaration.spec_kwargs())
     scope = declaration.scope
+    build = declaration.build
     if scope == "function":
-        container = manager.start(spec)
+        container = manager.start(spec, build=build)
         request.addfinalizer(lambda: manager.release(container))
         return container
     node = _scope_node(request, scope) if scope != "run" else request.session
     key = node.nodeid
-    container = manager.start(spec, scope=scope, scope_key=key)
+    container = manager.start(spec, scope=scope, scope_key=key, build=build)
     ends: set[str] = node.stash.setdefault(_scope_ends_key, set())
     if scope not in ends and scope != "run":
         ends.add(scope)
@@ -186,64 +191,136 @@ def container_client(request: pytest.FixtureRequest) -> docker.DockerClient:
 _PYTEST_SCOPES = {"run": "session"}
 
 
+def _build_keywords(build: Any, keywords: dict[str, Any], where: str) -> dict[str, Any]:
+    """Pop build=, dockerfile=, target= and buildargs= from ``keywords``, checking that
+    they go together; the BuildSpec itself is made with the rootdir, at first use."""
+    from pytest_containers._markers import BUILD_KEYWORDS
+
+    found = {key: keywords.pop(key) for key in BUILD_KEYWORDS if key in keywords}
+    if found and build is None:
+        raise TypeError(f"{where}: {', '.join(found)} only go with build='path/to/context'")
+    return found
+
+
+def _image_or_build(image: str | None, build: Any, where: str) -> str:
+    if (image is None) == (build is None):
+        raise TypeError(f"{where}: pass an image reference or build='path/to/context'")
+    return image if image is not None else f"build:{build}"
+
+
 def container_fixture(
-    image: str, *, scope: str = "function", **keywords: Any
+    image: str | None = None,
+    *,
+    build: str | os.PathLike[str] | None = None,
+    scope: str = "function",
+    **keywords: Any,
 ) -> Callable[..., Iterator[Container]]:
     """Make a fixture that yields a ready container; assign it to a module-level name::
 
         redis = container_fixture("redis:7", ports=[6379], scope="module")
+        app = container_fixture(build="tests/app", ports=[8080])
 
     Takes the marker's keywords. ``scope`` is a pytest scope, or ``"run"``: one container
-    shared by every xdist worker of the run.
+    shared by every xdist worker of the run. With ``build=`` (and ``dockerfile=``,
+    ``target=``, ``buildargs=``), the image is built from that context, relative to the
+    rootdir, once per content.
     """
     from pytest_containers._containers import ContainerSpec
     from pytest_containers._markers import SCOPES
 
+    name = _image_or_build(image, build, "container_fixture")
     if scope not in SCOPES:
         valid = ", ".join(repr(s) for s in SCOPES)
         raise ValueError(f"container_fixture: invalid scope {scope!r}; choose one of {valid}")
-    spec = ContainerSpec.from_kwargs(image, **keywords)
-
+    build_keywords = _build_keywords(build, keywords, "container_fixture")
+    spec = ContainerSpec.from_kwargs(name, **keywords)
     pytest_scope: Any = _PYTEST_SCOPES.get(scope, scope)
 
     def fixture(request: pytest.FixtureRequest) -> Iterator[Container]:
         manager = _manager(request)
         try:
-            if scope == "run":
-                started = manager.start(spec, scope="run", scope_key=request.session.nodeid)
-            else:
-                started = manager.start(spec)
+            built = _build_spec(request, build, build_keywords, spec.platform)
+            key = request.session.nodeid if scope == "run" else ""
+            started = manager.start(
+                spec, scope="run" if scope == "run" else "function", scope_key=key, build=built
+            )
         except ContainerError as error:
             if error.image is None:
-                error.image = image
+                error.image = name
             _fail(request, error)
+        _record_use(request, started)
         yield started
         if scope != "run":
             manager.release(started)
 
-    fixture.__doc__ = f"A ready container of {image!r} ({scope} scope)."
+    fixture.__doc__ = f"A ready container of {name!r} ({scope} scope)."
     made: Callable[..., Iterator[Container]] = _declare(
-        fixture, image, spec.platform, scope=pytest_scope
+        fixture, None if build is not None else name, spec.platform, scope=pytest_scope
     )
     return made
 
 
-def image_fixture(image: str, *, platform: str | None = None) -> Callable[..., Image]:
-    """Make a session fixture that yields the pulled :class:`Image`::
+def _build_spec(
+    request: pytest.FixtureRequest, build: Any, keywords: dict[str, Any], platform: str | None
+) -> BuildSpec | None:
+    if build is None:
+        return None
+    from pytest_containers._build import BuildSpec
 
-    redis_image = image_fixture("redis:7")
+    return BuildSpec.from_kwargs(
+        build, platform=platform, base_dir=request.config.rootpath, **keywords
+    )
+
+
+def image_fixture(
+    image: str | None = None,
+    *,
+    build: str | os.PathLike[str] | None = None,
+    dockerfile: str | None = None,
+    target: str | None = None,
+    buildargs: Mapping[str, str] | None = None,
+    platform: str | None = None,
+    scope: str = "session",
+) -> Callable[..., Image]:
+    """Make a fixture that yields the pulled (or built) :class:`Image`::
+
+        redis_image = image_fixture("redis:7")
+        app_image = image_fixture(build="tests/app", target="test")
+
+    A built image is built once per content across workers and runs, and not again
+    while the context is unchanged; its base images are pulled through the image cache.
     """
+    name = _image_or_build(image, build, "image_fixture")
+    build_keywords = _build_keywords(
+        build,
+        {
+            key: value
+            for key, value in (
+                ("dockerfile", dockerfile),
+                ("target", target),
+                ("buildargs", buildargs),
+            )
+            if value is not None
+        },
+        "image_fixture",
+    )
 
     def fixture(request: pytest.FixtureRequest) -> Image:
+        manager = _manager(request)
         try:
-            return _manager(request).image(image, platform=platform)
+            built = _build_spec(request, build, build_keywords, platform)
+            if built is not None:
+                return manager.build(built)
+            return manager.image(name, platform=platform)
         except ContainerError as error:
             if error.image is None:
-                error.image = image
+                error.image = name
             _fail(request, error)
 
-    fixture.__doc__ = f"The image {image!r}, pulled once for the run."
-    made: Callable[..., Image] = _declare(fixture, image, platform, scope="session")
+    fixture.__doc__ = f"The image {name!r}, pulled (or built) once for the run."
+    made: Callable[..., Image] = _declare(
+        fixture, None if build is not None else name, platform, scope=scope
+    )
     return made
 
 
@@ -251,8 +328,11 @@ def image_fixture(image: str, *, platform: str | None = None) -> Callable[..., I
 DECLARED_IMAGE = "_pytest_containers_image"
 
 
-def _declare(function: Callable[..., Any], image: str, platform: str | None, scope: Any) -> Any:
-    setattr(function, DECLARED_IMAGE, (image, platform))
+def _declare(
+    function: Callable[..., Any], image: str | None, platform: str | None, scope: Any
+) -> Any:
+    if image is not None:  # builds are not prefetched
+        setattr(function, DECLARED_IMAGE, (image, platform))
     return pytest.fixture(scope=scope)(function)
 
 

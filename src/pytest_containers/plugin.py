@@ -95,6 +95,13 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     result = sweep_dead_runs(client, cache_dir, own_run_id=None, spare_kept=False)
     for line in result.describe() or ["nothing to remove"]:
         print(f"pytest-containers: {line}")
+    from pytest_containers._build import PRUNE_KEEP_NEWEST, PRUNE_OLDER_THAN, prune_stale_builds
+
+    # Builds of this project (contexts under the rootdir): the newest of each stays.
+    pruned = prune_stale_builds(
+        client, keep_newest=PRUNE_KEEP_NEWEST, older_than=PRUNE_OLDER_THAN, under=config.rootpath
+    )
+    print(f"pytest-containers: removed {len(pruned)} stale built image(s)")
     return int(pytest.ExitCode.OK if not result.errors else pytest.ExitCode.TESTS_FAILED)
 
 
@@ -138,7 +145,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if reporter is not None and config.get_verbosity() >= 0:
         from pytest_containers._progress import PullReporter
 
-        plugin_state(config).on_progress = PullReporter(reporter.write_line)
+        progress = PullReporter(reporter.write_line)
+        plugin_state(config).on_progress = progress
+        plugin_state(config).on_build_progress = progress.build
 
 
 def _read_lockfile(config: pytest.Config, state: PluginState) -> None:
@@ -229,6 +238,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             fixturenames.append("containers")
         callspec = getattr(item, "callspec", None)
         for declaration in declared:
+            if declaration.build is not None:
+                continue  # built on first use, not prefetched
             image = declaration.images[0]
             if callspec is not None and declaration.param in callspec.params:
                 image = callspec.params[declaration.param]

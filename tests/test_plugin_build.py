@@ -1,0 +1,112 @@
+"""build= as users write it: one build per content across xdist workers and runs."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.testenv import MIRROR_OPTION
+
+pytestmark = pytest.mark.docker
+
+
+def run(pytester: pytest.Pytester, cache: Path, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(
+        MIRROR_OPTION, f"--container-cache-dir={cache}", f"--testrunuid={uuid.uuid4().hex}",
+        "-p", "no:cacheprovider", *args, timeout=300,
+    )  # fmt: skip
+
+
+def sources(directory: Path) -> list[str]:
+    found = [path.read_text() for path in directory.iterdir()]
+    for path in directory.iterdir():
+        path.unlink()
+    return sorted(found)
+
+
+@pytest.mark.usefixtures("builds_cleaned")
+def test_one_build_per_content_across_four_workers_and_none_while_unchanged(
+    pytester: pytest.Pytester, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    app = pytester.mkdir("app")
+    (app / "Dockerfile").write_text(
+        "FROM busybox:1.35\n"
+        "COPY app.txt /app.txt\n"
+        'CMD ["sh", "-c", "cat /app.txt; exec sleep 300"]\n'
+    )
+    (app / "app.txt").write_text("version 1\n")
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    pytester.makepyfile(
+        f"""
+        import os
+        import pytest
+        from pytest_containers import image_fixture, wait
+
+        app_image = image_fixture(build="app")
+
+        @pytest.mark.parametrize("n", range(8))
+        @pytest.mark.container(build="app", wait=wait.for_log("version"))
+        def test_app(container, app_image, n):
+            assert container.image.id == app_image.id
+            name = os.path.join({str(seen)!r}, os.environ.get("PYTEST_XDIST_WORKER", "main"))
+            with open(name, "w") as out:
+                out.write(app_image.source)
+        """
+    )
+    cache = tmp_path / "cache"
+    run(pytester, cache, "-n", "4").assert_outcomes(passed=8)
+    first = sources(seen)
+    assert first.count("built") == 1
+    assert set(first) <= {"built", "present"}
+
+    run(pytester, cache, "-n", "4").assert_outcomes(passed=8)
+    assert set(sources(seen)) == {"present"}
+
+    (app / "app.txt").write_text("version 2\n")
+    result = run(pytester, cache, "-n", "4")
+    result.assert_outcomes(passed=8)
+    assert sources(seen).count("built") == 1
+    result.stdout.fnmatch_lines(["build:app *built*"])
+
+
+@pytest.mark.usefixtures("builds_cleaned")
+def test_a_failing_build_errors_its_tests_with_the_step_and_the_log(
+    pytester: pytest.Pytester, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    app = pytester.mkdir("broken")
+    (app / "Dockerfile").write_text("FROM busybox:1.35\nRUN echo about to fail && false\n")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.container(build="broken")
+        def test_app(container):
+            pass
+
+        def test_other():
+            pass
+        """
+    )
+    result = run(pytester, tmp_path / "cache")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*test_app*Step 2/* : RUN echo about to fail && false*"])
+    assert "about to fail" in result.stdout.str()
+
+
+def test_a_missing_context_is_a_collection_error(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.container(build="nowhere")
+        def test_app(container):
+            pass
+        """
+    )
+    result = run(pytester, tmp_path / "cache")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*test_app*nowhere*does not exist*"])
