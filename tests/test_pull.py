@@ -256,7 +256,7 @@ def _pull(engine: FakeEngine, **options: Any) -> str:
         "declared": "busybox:1.35",
     }
     settings.update(options)
-    return pull_image(engine.client(), REF, **settings)
+    return pull_image(engine.client(), REF, **settings).image_id
 
 
 def test_successful_pull_reports_progress_and_returns_the_id(engine: FakeEngine) -> None:

@@ -47,7 +47,7 @@ import docker
 import docker.errors
 import requests
 
-from pytest_containers._locks import exclusive, read_json, write_json_atomic
+from pytest_containers._locks import exclusive, fsync_directory, read_json, write_json_atomic
 from pytest_containers._pull import inspect_image, redact
 from pytest_containers._reference import Reference
 from pytest_containers.errors import ContainerError
@@ -272,7 +272,7 @@ class ImageArchive:
             raise ArchiveError(
                 f"cannot archive {source} to {path}: {_describe(e)}", path=path
             ) from e
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         return config
 
     def _update_index(self, change: Callable[[dict[str, dict[str, Any]]], bool]) -> None:
@@ -430,13 +430,3 @@ def _describe(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     return redact(f"{type(error).__name__}: {error}")
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename durable; not every platform or filesystem allows it.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

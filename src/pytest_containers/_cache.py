@@ -64,7 +64,7 @@ from pytest_containers._pull import (
     image_target,
     inspect_image,
     make_pull_error,
-    pull_image_result,
+    pull_image,
 )
 from pytest_containers._reference import (
     Reference,
@@ -446,7 +446,7 @@ class ImageCache:
                 if self.policy is PullPolicy.NEVER:
                     raise self._not_present(target, archive_note)
             try:
-                pulled = pull_image_result(
+                pulled = pull_image(
                     self.client,
                     resolved,
                     platform=target.platform,

@@ -194,11 +194,11 @@ def write_json_atomic(path: Path, data: Mapping[str, object]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable; not every platform or filesystem allows it.
+def fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable; not every platform or filesystem allows it."""
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
         try:

@@ -38,7 +38,6 @@ __all__ = [
     "is_not_found",
     "make_pull_error",
     "pull_image",
-    "pull_image_result",
     "redact",
 ]
 
@@ -414,29 +413,6 @@ def _backoff(kind: str, attempt: int) -> float:
 
 
 def pull_image(
-    client: docker.DockerClient,
-    ref: Reference,
-    *,
-    platform: str | None,
-    stall_timeout: float,
-    retry_budget: float,
-    on_progress: Callable[[PullProgress], None] | None,
-    declared: str | None = None,
-) -> str:
-    """Pull ``ref`` (by digest when it has one) into the engine and return the id of the
-    image present afterwards; :func:`pull_image_result` says more."""
-    return pull_image_result(
-        client,
-        ref,
-        platform=platform,
-        stall_timeout=stall_timeout,
-        retry_budget=retry_budget,
-        on_progress=on_progress,
-        declared=declared,
-    ).image_id
-
-
-def pull_image_result(
     client: docker.DockerClient,
     ref: Reference,
     *,
