@@ -72,7 +72,7 @@ def test_the_header_shows_the_pull_policy_and_the_mirror(pytester: pytest.Pytest
     pytester.makepyfile("def test_nothing(): pass")
     pytester.makeini("[pytest]\ncontainer_pull = always\n")
     result = pytester.runpytest_subprocess("--container-mirror=127.0.0.1:5555")
-    result.stdout.fnmatch_lines(["containers: pull always, mirror 127.0.0.1:5555"])
+    result.stdout.fnmatch_lines(["containers: * pull always, mirror 127.0.0.1:5555"])
 
 
 def test_a_suite_without_containers_runs_without_docker(
