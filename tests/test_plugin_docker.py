@@ -338,3 +338,25 @@ def test_no_prefetch_pulls_nothing_until_a_test_asks(
     result = run_suite("--no-container-prefetch", "-k", "pulled_yet")
     result.assert_outcomes(passed=1, deselected=1)
     assert registry_log.manifest_requests(image) == 0
+
+
+def test_the_plugin_works_with_xdist_disabled(
+    pytester: pytest.Pytester, docker_client: docker.DockerClient, cache_dir: Path
+) -> None:
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        @pytest.mark.container("{BUSYBOX}", command=["sleep", "30"], scope="run")
+        def test_run_scoped(container):
+            assert container.exec(["echo", "hi"]).stdout == "hi\\n"
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:xdist", MIRROR_OPTION, f"--container-cache-dir={cache_dir}", timeout=300
+    )
+    result.assert_outcomes(passed=1)
+    left = docker_client.api.containers(
+        all=True, filters={"label": "pytest-containers.worker=main", "name": "busybox"}
+    )
+    assert not [c for c in left if str(pytester.path) in str(c)]
