@@ -11,6 +11,7 @@ steadier figure on a busy machine; wall time is what a user waits.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import subprocess
@@ -30,12 +31,14 @@ def write_suite(directory: Path, tests: int) -> None:
         (directory / f"test_plain_{index // per_file}.py").write_text(body)
 
 
-def run_pytest(directory: Path, *extra: str) -> tuple[float, float]:
+def run_pytest(directory: Path, *extra: str, env: dict[str, str]) -> tuple[float, float]:
     """Wall and CPU seconds of one pytest run."""
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=directory, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        command, cwd=directory, capture_output=True, text=True, check=False, env=env
+    )
     elapsed = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
@@ -53,12 +56,16 @@ def main() -> None:
         directory = Path(tmp)
         write_suite(directory, args.tests)
         (directory / "pytest.ini").write_text("[pytest]\n")
-        run_pytest(directory)  # warm the file cache and byte-code
+        # An installed plugin has its byte-code compiled; an editable checkout under
+        # PYTHONDONTWRITEBYTECODE would recompile it in every run. Both sides share a cache.
+        env = {**os.environ, "PYTHONPYCACHEPREFIX": str(directory / ".pycache")}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        run_pytest(directory, env=env)  # warm the file cache and byte-code
         with_plugin: list[tuple[float, float]] = []
         without_plugin: list[tuple[float, float]] = []
         for _ in range(args.rounds):
-            with_plugin.append(run_pytest(directory))
-            without_plugin.append(run_pytest(directory, "-p", "no:containers"))
+            with_plugin.append(run_pytest(directory, env=env))
+            without_plugin.append(run_pytest(directory, "-p", "no:containers", env=env))
     print(f"{args.tests} tests without containers, median of {args.rounds} rounds")
     for index, what in enumerate(("wall", "cpu")):
         on = statistics.median(times[index] for times in with_plugin)

@@ -15,11 +15,11 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import docker
 import docker.errors
 
-from pytest_containers._build import BuildProgress, BuildSpec
 from pytest_containers._cache import ImageCache, PullPolicy
 from pytest_containers._cleanup import RunHold, Watchdog, hold_run, start_watchdog, sweep_dead_runs
 from pytest_containers._containers import (
@@ -43,6 +43,9 @@ from pytest_containers._locks import (
 from pytest_containers._pull import PullProgress
 from pytest_containers._settings import Settings
 from pytest_containers.errors import ContainerError, EngineUnavailableError
+
+if TYPE_CHECKING:
+    from pytest_containers._build import BuildProgress, BuildSpec
 
 LABEL_PREFIX = "pytest-containers"
 RUN_LABEL = f"{LABEL_PREFIX}.run"
@@ -93,6 +96,8 @@ class ContainerManager:
         self._lock = threading.RLock()
         self._scopes: dict[str, _Scope] = {}
         self.cache_dir = settings.cache_dir or default_cache_dir()
+        #: Whether this process started or joined a run-scoped container.
+        self.used_run_scope = False
         #: Containers kept for debugging (--container-keep), by id, with their test.
         self.kept: dict[str, Container] = {}
         self._failed: set[str] = set()
@@ -227,6 +232,7 @@ class ContainerManager:
             held = self._scopes.setdefault(key, _Scope())
             if spec not in held.containers:
                 if scope == "run":
+                    self.used_run_scope = True
                     held.containers[spec] = self._run_scoped(image, spec)
                 else:
                     held.containers[spec] = self._start(image, spec, scope)
@@ -321,13 +327,15 @@ class ContainerManager:
         Returns how many."""
         removed = 0
         kept = set(keep) | set(self.kept)
+        # A bare client: this runs as the process exits, with no watchdog or sweep to start.
+        client = self._client or connect()
         filters: dict[str, str | list[str] | bool] = {"label": f"{RUN_LABEL}={self.run_id}"}
         # The low-level list: containers.list() inspects each one, racing with watchdogs.
-        for entry in self.client.api.containers(all=True, filters=filters):
+        for entry in client.api.containers(all=True, filters=filters):
             if entry["Id"] in kept:
                 continue
             try:
-                self.client.api.remove_container(entry["Id"], force=True, v=True)
+                client.api.remove_container(entry["Id"], force=True, v=True)
                 removed += 1
             except docker.errors.NotFound:
                 pass

@@ -37,7 +37,9 @@ class PluginState:
     declared_images: dict[tuple[str, str | None], None] = field(default_factory=dict)
     #: Images resolved by xdist workers, reported to the controller at their end.
     worker_images: list[dict[str, object]] = field(default_factory=list)
-    used_containers: bool = False
+    #: Whether the end of the run must look for leftovers: run-scoped containers were
+    #: used, or a worker died.
+    needs_run_cleanup: bool = False
     #: Containers kept by --container-keep (this process's and, on the controller,
     #: the workers'): id, name, image.
     kept: list[dict[str, object]] = field(default_factory=list)

@@ -36,9 +36,7 @@ class ContainerFactory(Protocol):
 
 
 def _manager(request: pytest.FixtureRequest) -> ContainerManager:
-    state = plugin_state(request.config)
-    state.used_containers = True
-    return state.manager()
+    return plugin_state(request.config).manager()
 
 
 def _fail(request: pytest.FixtureRequest, error: ContainerError) -> NoReturn:

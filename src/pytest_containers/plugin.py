@@ -11,20 +11,11 @@ import contextlib
 import os
 import uuid
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_containers._image import Image
 from pytest_containers._markers import MarkerError, declarations
-from pytest_containers._report import (
-    image_from_record,
-    image_record,
-    merge_images,
-    summary_lines,
-    unpinned,
-    update_lockfile,
-)
 from pytest_containers._settings import OPTIONS, SettingError, Settings, resolve_settings
 from pytest_containers._state import PluginState, plugin_state, state_key
 from pytest_containers.errors import ContainerError
@@ -36,6 +27,9 @@ from pytest_containers.fixtures import (
     fixture_images,
     used_containers_key,
 )
+
+if TYPE_CHECKING:
+    from pytest_containers._image import Image
 
 __all__ = ["container", "container_client", "container_factory", "containers"]
 
@@ -189,7 +183,9 @@ class XdistHooks:
         state = plugin_state(node.config)
         state.worker_images.extend(output.get(_WORKER_IMAGES, []))
         state.kept.extend(output.get(_WORKER_KEPT, []))
-        state.used_containers = state.used_containers or bool(output.get(_WORKER_USED))
+        # A worker that died (error) may have left containers its watchdog had to chase.
+        if output.get(_WORKER_USED) or error is not None:
+            state.needs_run_cleanup = True
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -279,10 +275,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         state.kept.extend(_kept_record(c) for c in manager.kept.values())
         if state.is_worker:
             workeroutput = session.config.workeroutput  # type: ignore[attr-defined]
+            from pytest_containers._report import image_record
+
             workeroutput[_WORKER_IMAGES] = [image_record(i) for i in manager.resolved_images()]
-            workeroutput[_WORKER_USED] = state.used_containers
+            # The controller cleans up after the run only where something may be left.
+            workeroutput[_WORKER_USED] = manager.used_run_scope
             workeroutput[_WORKER_KEPT] = state.kept
-    if not state.is_worker and state.used_containers:
+    if state.has_manager and not state.is_worker and state.manager().used_run_scope:
+        state.needs_run_cleanup = True
+    if not state.is_worker and (state.needs_run_cleanup or state.kept):
         # The whole run ends here: run-scoped containers, and any a dead worker left.
         with contextlib.suppress(ContainerError):
             manager = state.manager()
@@ -294,6 +295,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if state.whole_run and state.settings.lock == "update" and state.lockfile is not None:
         images = _run_images(state)
         if images:
+            from pytest_containers._report import update_lockfile
+
             state.pins_written = update_lockfile(state.lockfile, images)
     if state.has_manager:
         state.manager().stop_guard()
@@ -307,6 +310,8 @@ def _kept_record(container: Any) -> dict[str, object]:
 
 def _run_images(state: PluginState) -> list[Image]:
     """Every image the run resolved, this process's and its workers', one per reference."""
+    from pytest_containers._report import image_from_record, merge_images
+
     images = state.resolved_images()
     images += [image_from_record(record) for record in state.worker_images]
     return merge_images(images)
@@ -320,6 +325,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             terminalreporter.write_line(f"{kept['name']}  ({kept['image']})")
         names = " ".join(str(kept["name"]) for kept in state.kept)
         terminalreporter.write_line(f"remove them with: docker rm -f {names}")
+    if not state.has_manager and not state.worker_images:
+        return
+    from pytest_containers._report import summary_lines, unpinned
+
     images = _run_images(state)
     if not images:
         return
