@@ -1,13 +1,22 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import docker
 import docker.errors
 import pytest
 
-from tests.testenv import REGISTRY, RegistryLog, push_unique_image, remove_image
+from tests.testenv import (
+    MIRROR_OPTION,
+    REGISTRY,
+    RegistryLog,
+    push_unique_image,
+    remove_image,
+    run_containers,
+)
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +58,46 @@ def builds_cleaned(docker_client: docker.DockerClient, pytester: pytest.Pytester
         if context.startswith(str(pytester.path)):
             with contextlib.suppress(docker.errors.APIError):
                 docker_client.images.remove(str(image.id), force=True)
+
+
+class InnerRuns:
+    """Runs pytester's suite as users run it: pytest in a subprocess, against the local
+    registry through the mirror, each run with its own run id and this test's cache dir."""
+
+    def __init__(self, pytester: pytest.Pytester, cache_dir: Path) -> None:
+        self.pytester = pytester
+        self.cache_dir = cache_dir
+        self.run_ids: list[str] = []
+
+    def __call__(self, *args: str, mirror: str = MIRROR_OPTION) -> pytest.RunResult:
+        # --testrunuid is xdist's option: without xdist the run id is the plugin's own.
+        run_id = [f"--testrunuid={self.new_run_id()}"] if "no:xdist" not in args else []
+        return self.pytester.runpytest_subprocess(
+            mirror,
+            f"--container-cache-dir={self.cache_dir}",
+            *run_id,
+            "-p",
+            "no:cacheprovider",
+            *args,
+            timeout=300,
+        )
+
+    def new_run_id(self) -> str:
+        """A run id for a run the test starts itself; cleaned up like the others."""
+        self.run_ids.append(uuid.uuid4().hex)
+        return self.run_ids[-1]
+
+    def leftovers(self, docker_client: docker.DockerClient) -> list[str]:
+        return [name for run_id in self.run_ids for name in run_containers(docker_client, run_id)]
+
+
+@pytest.fixture
+def run_suite(
+    pytester: pytest.Pytester, docker_client: docker.DockerClient, tmp_path: Path
+) -> Iterator[InnerRuns]:
+    """Run the test's pytester suite; afterwards, remove whatever the runs left."""
+    runs = InnerRuns(pytester, tmp_path / "cache")
+    yield runs
+    for name in runs.leftovers(docker_client):
+        with contextlib.suppress(docker.errors.NotFound):  # a watchdog may be quicker
+            docker_client.containers.get(name).remove(force=True)

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
-import docker
 import pytest
 
-from tests.testenv import MIRROR_OPTION
+from tests.conftest import InnerRuns
 
 pytestmark = pytest.mark.docker
-
-
-def run(pytester: pytest.Pytester, cache: Path, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess(
-        MIRROR_OPTION, f"--container-cache-dir={cache}", f"--testrunuid={uuid.uuid4().hex}",
-        "-p", "no:cacheprovider", *args, timeout=300,
-    )  # fmt: skip
 
 
 def sources(directory: Path) -> list[str]:
@@ -29,7 +20,7 @@ def sources(directory: Path) -> list[str]:
 
 @pytest.mark.usefixtures("builds_cleaned")
 def test_one_build_per_content_across_four_workers_and_none_while_unchanged(
-    pytester: pytest.Pytester, tmp_path: Path, docker_client: docker.DockerClient
+    pytester: pytest.Pytester, tmp_path: Path, run_suite: InnerRuns
 ) -> None:
     app = pytester.mkdir("app")
     (app / "Dockerfile").write_text(
@@ -57,17 +48,16 @@ def test_one_build_per_content_across_four_workers_and_none_while_unchanged(
                 out.write(app_image.source)
         """
     )
-    cache = tmp_path / "cache"
-    run(pytester, cache, "-n", "4").assert_outcomes(passed=8)
+    run_suite("-n", "4").assert_outcomes(passed=8)
     first = sources(seen)
     assert first.count("built") == 1
     assert set(first) <= {"built", "present"}
 
-    run(pytester, cache, "-n", "4").assert_outcomes(passed=8)
+    run_suite("-n", "4").assert_outcomes(passed=8)
     assert set(sources(seen)) == {"present"}
 
     (app / "app.txt").write_text("version 2\n")
-    result = run(pytester, cache, "-n", "4")
+    result = run_suite("-n", "4")
     result.assert_outcomes(passed=8)
     assert sources(seen).count("built") == 1
     result.stdout.fnmatch_lines(["build:app *built*"])
@@ -75,7 +65,7 @@ def test_one_build_per_content_across_four_workers_and_none_while_unchanged(
 
 @pytest.mark.usefixtures("builds_cleaned")
 def test_a_failing_build_errors_its_tests_with_the_step_and_the_log(
-    pytester: pytest.Pytester, tmp_path: Path, docker_client: docker.DockerClient
+    pytester: pytest.Pytester, run_suite: InnerRuns
 ) -> None:
     app = pytester.mkdir("broken")
     (app / "Dockerfile").write_text("FROM busybox:1.35\nRUN echo about to fail && false\n")
@@ -91,13 +81,15 @@ def test_a_failing_build_errors_its_tests_with_the_step_and_the_log(
             pass
         """
     )
-    result = run(pytester, tmp_path / "cache")
+    result = run_suite()
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*test_app*Step 2/* : RUN echo about to fail && false*"])
     assert "about to fail" in result.stdout.str()
 
 
-def test_a_missing_context_is_a_collection_error(pytester: pytest.Pytester, tmp_path: Path) -> None:
+def test_a_missing_context_is_a_collection_error(
+    pytester: pytest.Pytester, run_suite: InnerRuns
+) -> None:
     pytester.makepyfile(
         """
         import pytest
@@ -107,6 +99,6 @@ def test_a_missing_context_is_a_collection_error(pytester: pytest.Pytester, tmp_
             pass
         """
     )
-    result = run(pytester, tmp_path / "cache")
+    result = run_suite()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*test_app*nowhere*does not exist*"])

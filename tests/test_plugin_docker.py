@@ -6,54 +6,28 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
-from tests.testenv import BUSYBOX, MIRROR_OPTION, REDIS, RegistryLog, run_containers
+from tests.conftest import InnerRuns
+from tests.testenv import BUSYBOX, MIRROR_OPTION, REDIS, RegistryLog
 
 pytestmark = pytest.mark.docker
 
-RunSuite = Callable[..., pytest.RunResult]
 
-
-@pytest.fixture
-def cache_dir(tmp_path: Path) -> Path:
-    return tmp_path / "cache"
-
-
-@pytest.fixture
-def run_suite(
-    pytester: pytest.Pytester, docker_client: docker.DockerClient, cache_dir: Path
-) -> Iterator[RunSuite]:
-    """Run the pytester suite in a subprocess against the local registry; afterwards,
-    assert that the run left no container behind."""
-    run_ids: list[str] = []
-
-    def run(*args: str) -> pytest.RunResult:
-        run_id = uuid.uuid4().hex
-        run_ids.append(run_id)
-        return pytester.runpytest_subprocess(
-            MIRROR_OPTION,
-            f"--container-cache-dir={cache_dir}",
-            f"--testrunuid={run_id}",
-            "-p",
-            "no:cacheprovider",
-            *args,
-            timeout=300,
-        )
-
-    yield run
-    for run_id in run_ids:
-        assert run_containers(docker_client, run_id) == []
+@pytest.fixture(autouse=True)
+def nothing_left(run_suite: InnerRuns, docker_client: docker.DockerClient) -> Iterator[None]:
+    """Every inner run of this module must leave no container behind."""
+    yield
+    assert run_suite.leftovers(docker_client) == []
 
 
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
 def test_a_marked_test_gets_a_ready_redis(
-    run_suite: RunSuite, pytester: pytest.Pytester, workers: list[str]
+    run_suite: InnerRuns, pytester: pytest.Pytester, workers: list[str]
 ) -> None:
     pytester.makepyfile(
         f"""
@@ -80,7 +54,7 @@ def test_a_marked_test_gets_a_ready_redis(
 
 
 def test_a_cold_image_is_pulled_once_by_four_workers(
-    run_suite: RunSuite,
+    run_suite: InnerRuns,
     pytester: pytest.Pytester,
     unique_image: Callable[[], str],
     registry_log: RegistryLog,
@@ -108,7 +82,7 @@ def test_a_cold_image_is_pulled_once_by_four_workers(
 
 
 def test_pull_always_pulls_once_per_run_not_per_worker(
-    run_suite: RunSuite,
+    run_suite: InnerRuns,
     pytester: pytest.Pytester,
     unique_image: Callable[[], str],
     registry_log: RegistryLog,
@@ -136,7 +110,7 @@ def test_two_concurrent_runs_pull_a_cold_image_once_in_total(
     pytester: pytest.Pytester,
     unique_image: Callable[[], str],
     registry_log: RegistryLog,
-    cache_dir: Path,
+    run_suite: InnerRuns,
     docker_client: docker.DockerClient,
 ) -> None:
     image = unique_image()
@@ -150,7 +124,7 @@ def test_two_concurrent_runs_pull_a_cold_image_once_in_total(
             pass
         """
     )
-    run_ids = [uuid.uuid4().hex, uuid.uuid4().hex]
+    run_ids = [run_suite.new_run_id(), run_suite.new_run_id()]
     runs = [
         subprocess.Popen(
             [
@@ -162,7 +136,7 @@ def test_two_concurrent_runs_pull_a_cold_image_once_in_total(
                 "-n",
                 "2",
                 MIRROR_OPTION,
-                f"--container-cache-dir={cache_dir}",
+                f"--container-cache-dir={run_suite.cache_dir}",
                 f"--testrunuid={run_id}",
             ],
             cwd=pytester.path,
@@ -177,12 +151,10 @@ def test_two_concurrent_runs_pull_a_cold_image_once_in_total(
         assert run.returncode == 0, output
         assert "4 passed" in output
     assert registry_log.manifest_requests(image) == 1
-    for run_id in run_ids:
-        assert run_containers(docker_client, run_id) == []
 
 
 def test_a_container_that_exits_at_once_errors_its_test_quickly_and_others_go_on(
-    run_suite: RunSuite, pytester: pytest.Pytester
+    run_suite: InnerRuns, pytester: pytest.Pytester
 ) -> None:
     pytester.makepyfile(
         f"""
@@ -208,7 +180,7 @@ def test_a_container_that_exits_at_once_errors_its_test_quickly_and_others_go_on
 
 
 def test_a_failed_test_reports_its_containers_logs(
-    run_suite: RunSuite, pytester: pytest.Pytester
+    run_suite: InnerRuns, pytester: pytest.Pytester
 ) -> None:
     pytester.makepyfile(
         f"""
@@ -230,7 +202,7 @@ def test_a_failed_test_reports_its_containers_logs(
 
 
 def test_the_same_declaration_in_module_scope_is_one_container(
-    run_suite: RunSuite, pytester: pytest.Pytester
+    run_suite: InnerRuns, pytester: pytest.Pytester
 ) -> None:
     pytester.makepyfile(
         f"""
@@ -249,7 +221,7 @@ def test_the_same_declaration_in_module_scope_is_one_container(
 
 
 def test_a_run_scoped_container_is_shared_by_every_worker(
-    run_suite: RunSuite, pytester: pytest.Pytester, tmp_path: Path
+    run_suite: InnerRuns, pytester: pytest.Pytester, tmp_path: Path
 ) -> None:
     ids = tmp_path / "ids"
     ids.mkdir()
@@ -270,7 +242,7 @@ def test_a_run_scoped_container_is_shared_by_every_worker(
 
 
 def test_container_factory_starts_containers_inside_a_test(
-    run_suite: RunSuite, pytester: pytest.Pytester
+    run_suite: InnerRuns, pytester: pytest.Pytester
 ) -> None:
     pytester.makepyfile(
         f"""
@@ -290,7 +262,7 @@ def test_container_factory_starts_containers_inside_a_test(
 
 @pytest.mark.parametrize("declaration", ["marker", "container_fixture", "image_fixture"])
 def test_prefetch_pulls_declared_images_before_any_test_asks(
-    run_suite: RunSuite, pytester: pytest.Pytester, unique_image: Callable[[], str],
+    run_suite: InnerRuns, pytester: pytest.Pytester, unique_image: Callable[[], str],
     declaration: str,
 ) -> None:  # fmt: skip
     image = unique_image()
@@ -319,7 +291,7 @@ def test_prefetch_pulls_declared_images_before_any_test_asks(
 
 
 def test_no_prefetch_pulls_nothing_until_a_test_asks(
-    run_suite: RunSuite, pytester: pytest.Pytester, unique_image: Callable[[], str],
+    run_suite: InnerRuns, pytester: pytest.Pytester, unique_image: Callable[[], str],
     registry_log: RegistryLog,
 ) -> None:  # fmt: skip
     image = unique_image()
@@ -341,7 +313,7 @@ def test_no_prefetch_pulls_nothing_until_a_test_asks(
 
 
 def test_the_plugin_works_with_xdist_disabled(
-    pytester: pytest.Pytester, docker_client: docker.DockerClient, cache_dir: Path
+    pytester: pytest.Pytester, run_suite: InnerRuns
 ) -> None:
     pytester.makepyfile(
         f"""
@@ -352,11 +324,4 @@ def test_the_plugin_works_with_xdist_disabled(
             assert container.exec(["echo", "hi"]).stdout == "hi\\n"
         """
     )
-    result = pytester.runpytest_subprocess(
-        "-p", "no:xdist", MIRROR_OPTION, f"--container-cache-dir={cache_dir}", timeout=300
-    )
-    result.assert_outcomes(passed=1)
-    left = docker_client.api.containers(
-        all=True, filters={"label": "pytest-containers.worker=main", "name": "busybox"}
-    )
-    assert not [c for c in left if str(pytester.path) in str(c)]
+    run_suite("-p", "no:xdist").assert_outcomes(passed=1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -11,27 +10,10 @@ from pathlib import Path
 import docker
 import pytest
 
+from tests.conftest import InnerRuns
 from tests.testenv import BUSYBOX, MIRROR_OPTION, REGISTRY, push_unique_image, remove_image
 
 pytestmark = pytest.mark.docker
-
-RunSuite = Callable[..., pytest.RunResult]
-
-
-@pytest.fixture
-def run_suite(pytester: pytest.Pytester, tmp_path: Path) -> RunSuite:
-    def run(*args: str, mirror: str = MIRROR_OPTION) -> pytest.RunResult:
-        return pytester.runpytest_subprocess(
-            mirror,
-            f"--container-cache-dir={tmp_path / 'cache'}",
-            f"--testrunuid={uuid.uuid4().hex}",
-            "-p",
-            "no:cacheprovider",
-            *args,
-            timeout=300,
-        )
-
-    return run
 
 
 def reads_marker(image: str, expected: str) -> str:
@@ -45,7 +27,7 @@ def test_marker(container):
 
 
 def test_a_pin_keeps_the_old_digest_until_update_moves_it(
-    run_suite: RunSuite, pytester: pytest.Pytester, docker_client: docker.DockerClient,
+    run_suite: InnerRuns, pytester: pytest.Pytester, docker_client: docker.DockerClient,
     unique_image: Callable[[], str],
 ) -> None:  # fmt: skip
     image = unique_image()
@@ -68,7 +50,7 @@ def test_a_pin_keeps_the_old_digest_until_update_moves_it(
 
 
 def test_strict_lock_fails_a_test_whose_image_is_not_pinned(
-    run_suite: RunSuite, pytester: pytest.Pytester
+    run_suite: InnerRuns, pytester: pytest.Pytester
 ) -> None:
     pytester.makepyfile(
         f"""
@@ -88,7 +70,7 @@ def test_strict_lock_fails_a_test_whose_image_is_not_pinned(
 
 
 def test_the_default_mode_warns_about_images_the_lock_file_does_not_pin(
-    run_suite: RunSuite, pytester: pytest.Pytester
+    run_suite: InnerRuns, pytester: pytest.Pytester
 ) -> None:
     pytester.makepyfile(
         f"""
@@ -112,7 +94,7 @@ def closed_port() -> int:
 
 
 def test_with_the_archive_filled_a_cold_engine_runs_without_a_registry(
-    run_suite: RunSuite, pytester: pytest.Pytester, docker_client: docker.DockerClient,
+    run_suite: InnerRuns, pytester: pytest.Pytester, docker_client: docker.DockerClient,
     unique_image: Callable[[], str], tmp_path: Path,
 ) -> None:  # fmt: skip
     image = unique_image()
@@ -130,7 +112,7 @@ def test_with_the_archive_filled_a_cold_engine_runs_without_a_registry(
 
 
 def test_the_summary_shows_each_image_once_across_workers_and_junit_records_digests(
-    run_suite: RunSuite, pytester: pytest.Pytester, tmp_path: Path
+    run_suite: InnerRuns, pytester: pytest.Pytester, tmp_path: Path
 ) -> None:
     pytester.makepyfile(
         """

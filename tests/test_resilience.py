@@ -4,26 +4,23 @@ and what to do, while the other tests go on and nothing is left running."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import docker
 import docker.errors
 import pytest
 
+from tests.conftest import InnerRuns
 from tests.testenv import AUTH_REGISTRY, BUSYBOX, MIRROR_OPTION, run_containers
 
 pytestmark = pytest.mark.docker
-
-RunSuite = Callable[..., pytest.RunResult]
 
 
 def wait_until_gone(client: docker.DockerClient, run_id: str, seconds: float) -> float:
@@ -32,35 +29,6 @@ def wait_until_gone(client: docker.DockerClient, run_id: str, seconds: float) ->
         assert time.monotonic() - started < seconds, run_containers(client, run_id)
         time.sleep(0.2)
     return time.monotonic() - started
-
-
-@pytest.fixture
-def run_ids(docker_client: docker.DockerClient) -> Iterator[list[str]]:
-    """Run ids of this test's inner runs; whatever they left is removed afterwards."""
-    ids: list[str] = []
-    yield ids
-    for run_id in ids:
-        for name in run_containers(docker_client, run_id):
-            with contextlib.suppress(docker.errors.NotFound):  # a watchdog may be quicker
-                docker_client.containers.get(name).remove(force=True)
-
-
-@pytest.fixture
-def run_suite(pytester: pytest.Pytester, tmp_path: Path, run_ids: list[str]) -> RunSuite:
-    def run(*args: str) -> pytest.RunResult:
-        run_id = uuid.uuid4().hex
-        run_ids.append(run_id)
-        return pytester.runpytest_subprocess(
-            MIRROR_OPTION,
-            f"--container-cache-dir={tmp_path / 'cache'}",
-            f"--testrunuid={run_id}",
-            "-p",
-            "no:cacheprovider",
-            *args,
-            timeout=300,
-        )
-
-    return run
 
 
 def start_pytest(pytester: pytest.Pytester, run_id: str, *args: str) -> subprocess.Popen[str]:
@@ -82,7 +50,7 @@ def wait_for_files(directory: Path, count: int, seconds: float = 60) -> None:
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
 def test_kill_9_of_the_whole_run_leaves_no_container_within_10_seconds(
     pytester: pytest.Pytester, docker_client: docker.DockerClient, tmp_path: Path,
-    run_ids: list[str], workers: list[str],
+    run_suite: InnerRuns, workers: list[str],
 ) -> None:  # fmt: skip
     up = tmp_path / "up"
     up.mkdir()
@@ -98,8 +66,7 @@ def test_kill_9_of_the_whole_run_leaves_no_container_within_10_seconds(
             time.sleep(300)
         """
     )
-    run_id = uuid.uuid4().hex
-    run_ids.append(run_id)
+    run_id = run_suite.new_run_id()
     run = start_pytest(pytester, run_id, *workers)
     wait_for_files(up, 2 if workers else 1)
     assert len(run_containers(docker_client, run_id)) >= 2
@@ -109,7 +76,7 @@ def test_kill_9_of_the_whole_run_leaves_no_container_within_10_seconds(
 
 
 def test_kill_9_of_one_worker_lets_the_run_finish_and_leaves_no_container(
-    run_suite: RunSuite, pytester: pytest.Pytester
+    run_suite: InnerRuns, pytester: pytest.Pytester
 ) -> None:
     pytester.makepyfile(
         f"""
@@ -131,8 +98,7 @@ def test_kill_9_of_one_worker_lets_the_run_finish_and_leaves_no_container(
 
 
 def test_keep_failed_keeps_and_lists_the_containers_of_failed_tests(
-    run_suite: RunSuite, pytester: pytest.Pytester, docker_client: docker.DockerClient,
-    run_ids: list[str],
+    run_suite: InnerRuns, pytester: pytest.Pytester, docker_client: docker.DockerClient,
 ) -> None:  # fmt: skip
     pytester.makepyfile(
         f"""
@@ -149,7 +115,7 @@ def test_keep_failed_keeps_and_lists_the_containers_of_failed_tests(
     )
     result = run_suite("--container-keep=failed")
     result.assert_outcomes(passed=1, failed=1)
-    kept = run_containers(docker_client, run_ids[-1])
+    kept = run_containers(docker_client, run_suite.run_ids[-1])
     assert len(kept) == 1
     result.stdout.fnmatch_lines(
         [
@@ -266,7 +232,7 @@ BAD_INPUTS = {
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_a_bad_input_fails_its_test_quickly_with_a_clear_message(
-    run_suite: RunSuite, pytester: pytest.Pytester, case: str
+    run_suite: InnerRuns, pytester: pytest.Pytester, case: str
 ) -> None:
     marker, expected = BAD_INPUTS[case]
     body = "container.port(9999)" if case == "port not published" else "pass"
@@ -295,8 +261,8 @@ def test_a_bad_input_fails_its_test_quickly_with_a_clear_message(
     assert "During handling" not in result.stdout.str()
 
 
-def test_a_corrupted_state_file_in_the_cache_dir_is_ignored(
-    run_suite: RunSuite, pytester: pytest.Pytester, tmp_path: Path,
+def test_corrupted_state_and_lock_files_in_the_cache_dir_are_ignored(
+    run_suite: InnerRuns, pytester: pytest.Pytester, tmp_path: Path,
     unique_image: Callable[[], str], docker_client: docker.DockerClient,
 ) -> None:  # fmt: skip
     from tests.testenv import REGISTRY, remove_image
@@ -316,12 +282,15 @@ def test_a_corrupted_state_file_in_the_cache_dir_is_ignored(
     assert states
     for state in states:
         state.write_bytes(b'{"run_id": "trunc')
+    # Lock files hold no data (the kernel's flock is the lock); garbage in them is harmless.
+    for lock in (tmp_path / "cache").rglob("*.lock"):
+        lock.write_bytes(b"\x00garbage")
     remove_image(docker_client, f"{REGISTRY}/library/{image}")
     run_suite().assert_outcomes(passed=1)
 
 
 def test_an_unwritable_cache_dir_is_a_clear_error(
-    run_suite: RunSuite, pytester: pytest.Pytester, tmp_path: Path
+    run_suite: InnerRuns, pytester: pytest.Pytester, tmp_path: Path
 ) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
@@ -341,13 +310,12 @@ def test_an_unwritable_cache_dir_is_a_clear_error(
 
 def test_prune_removes_what_dead_runs_left_and_nothing_else(
     pytester: pytest.Pytester, docker_client: docker.DockerClient, tmp_path: Path,
-    run_ids: list[str],
+    run_suite: InnerRuns,
 ) -> None:  # fmt: skip
     from tests.testenv import REGISTRY
 
     image = docker_client.images.pull(f"{REGISTRY}/library/busybox", tag="1.35")
-    dead, foreign = uuid.uuid4().hex, uuid.uuid4().hex
-    run_ids.extend([dead, foreign])
+    dead, foreign = run_suite.new_run_id(), run_suite.new_run_id()
     for run_id, host in ((dead, socket.gethostname()), (foreign, "another-host")):
         docker_client.containers.create(
             str(image.id), ["sleep", "300"],
