@@ -68,7 +68,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         default=False,
         help="remove what dead pytest runs left on this engine (containers, networks, "
-        "volumes of runs of this host that nobody holds any more), then exit",
+        "volumes of runs of this host that nobody holds any more, kept ones too) and older "
+        "builds of this project's contexts, then exit",
     )
 
 
