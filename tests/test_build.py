@@ -10,10 +10,7 @@ Every image a test builds has its context under the test's tmp_path, and the
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,7 +39,7 @@ from pytest_containers._build import (
 from pytest_containers._cache import ImageCache
 from pytest_containers._pull import inspect_image
 from pytest_containers.errors import ImageBuildError
-from tests.testenv import BUSYBOX, REGISTRY, ROOT, RegistryLog
+from tests.testenv import BUSYBOX, REGISTRY, RegistryLog, run_together
 
 docker_test = pytest.mark.docker
 
@@ -684,40 +681,16 @@ def test_concurrent_processes_build_once(
     docker_client: docker.DockerClient, tmp_path: Path
 ) -> None:
     context = _context(tmp_path / "ctx", SIMPLE_DOCKERFILE + "RUN sleep 1\n")
-    go = tmp_path / "go"
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    children = []
-    for index in range(4):
-        cfg = {
+    configs = [
+        {
             "cache_dir": str(tmp_path / "cache"),
             "run_id": f"run-{index % 2}",  # two runs, two workers each
             "mirror": REGISTRY,
-            "go": str(go),
             "context": str(context),
         }
-        children.append(
-            subprocess.Popen(
-                [sys.executable, "-c", _CHILD, json.dumps(cfg)],
-                stdout=subprocess.PIPE,
-                text=True,
-                env=env,
-            )
-        )
-    try:
-        for child in children:
-            assert child.stdout is not None
-            assert child.stdout.readline().strip() == "ready"
-        go.touch()
-        results = []
-        for child in children:
-            out, _ = child.communicate(timeout=120)
-            assert child.returncode == 0
-            results.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
+        for index in range(4)
+    ]
+    results = run_together(_CHILD, configs, tmp_path / "go", timeout=120)
     assert sorted(result["source"] for result in results) == [
         "built",
         "present",

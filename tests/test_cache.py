@@ -36,7 +36,7 @@ from pytest_containers.errors import (
     ImagePullError,
     ImageReferenceError,
 )
-from tests.testenv import REGISTRY, ROOT, RegistryLog, _busybox_tar, remove_image
+from tests.testenv import REGISTRY, ROOT, RegistryLog, _busybox_tar, remove_image, run_together
 
 pytestmark = pytest.mark.docker
 
@@ -111,43 +111,18 @@ def _in_processes(
     retry_budget: float = 5.0,
 ) -> list[dict[str, Any]]:
     """Run one child per run id, all calling get(image) at the same moment."""
-    go = tmp_path / f"go-{uuid.uuid4().hex[:8]}"
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    children = []
-    for run_id in run_ids:
-        cfg = {
+    configs = [
+        {
             "cache_dir": str(tmp_path / "cache"),
             "run_id": run_id,
             "policy": policy,
             "mirror": REGISTRY,
             "retry_budget": retry_budget,
-            "go": str(go),
             "image": image,
         }
-        children.append(
-            subprocess.Popen(
-                [sys.executable, "-c", _CHILD, json.dumps(cfg)],
-                stdout=subprocess.PIPE,
-                text=True,
-                env=env,
-            )
-        )
-    try:
-        for child in children:
-            assert child.stdout is not None
-            assert child.stdout.readline().strip() == "ready"
-        go.touch()
-        results = []
-        for child in children:
-            out, _ = child.communicate(timeout=60)
-            assert child.returncode == 0
-            results.append(json.loads(out.strip().splitlines()[-1]))
-        return results
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
+        for run_id in run_ids
+    ]
+    return run_together(_CHILD, configs, tmp_path / f"go-{uuid.uuid4().hex[:8]}")
 
 
 # -- a registry that misbehaves on purpose ----------------------------------------------

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
+import subprocess
+import sys
 import tarfile
 import uuid
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -160,3 +164,37 @@ def remove_image(client: docker.DockerClient, reference: str) -> None:
     for name in [*image.tags, str(image.id)]:
         with contextlib.suppress(docker.errors.ImageNotFound):
             client.images.remove(name, force=True)
+
+
+def run_together(
+    child_code: str, configs: list[dict[str, Any]], go: Path, *, timeout: float = 60
+) -> list[dict[str, Any]]:
+    """Run one ``python -c child_code config-json`` per config, all released at the same
+    moment: each child prints "ready", waits for the file ``go`` (``config["go"]``), then
+    prints one JSON line with its result. Returns the results in order."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", child_code, json.dumps({**config, "go": str(go)})],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for config in configs
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "ready"
+        go.touch()
+        results = []
+        for child in children:
+            out, _ = child.communicate(timeout=timeout)
+            assert child.returncode == 0
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        return results
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
