@@ -541,20 +541,16 @@ def test_prefetch_pulls_in_parallel(
             windows.setdefault(progress.image, []).append(time.monotonic())
 
     cache = _cache(docker_client, tmp_path, on_progress=track)
-    started = time.monotonic()
     cache.prefetch((image, None) for image in images)
     results = [cache.get(image) for image in images]
-    wall = time.monotonic() - started
     cache.close()
 
     assert [result.ref for result in results] == images
     assert all(result.source == "pulled" for result in results)
     assert all(log.manifest_requests(image) == 1 for image in images)
-    # Near the slowest single pull, well below the three end to end.
-    slowest = max(result.seconds for result in results)
-    assert wall < slowest + 1.0
-    assert wall < 0.8 * sum(result.seconds for result in results)
-    # The three were under way at the same time.
+    # The three were under way at the same time: each started before any ended. (How
+    # much that saves is bench/pulls.py's to measure; a timed assertion here would only
+    # be flaky on a busy machine.)
     assert len(windows) == 3
     assert max(times[0] for times in windows.values()) < min(
         times[-1] for times in windows.values()
