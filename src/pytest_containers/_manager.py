@@ -21,7 +21,18 @@ import docker
 import docker.errors
 
 from pytest_containers._cache import ImageCache, PullPolicy
-from pytest_containers._cleanup import RunHold, Watchdog, hold_run, start_watchdog, sweep_dead_runs
+from pytest_containers._cleanup import (
+    HOST_LABEL,
+    PID_LABEL,
+    RUN_LABEL,
+    SCOPE_LABEL,
+    WORKER_LABEL,
+    RunHold,
+    Watchdog,
+    hold_run,
+    start_watchdog,
+    sweep_dead_runs,
+)
 from pytest_containers._containers import (
     Container,
     ContainerSpec,
@@ -46,12 +57,6 @@ from pytest_containers.errors import ContainerError, EngineUnavailableError
 
 if TYPE_CHECKING:
     from pytest_containers._build import BuildProgress, BuildSpec
-
-LABEL_PREFIX = "pytest-containers"
-RUN_LABEL = f"{LABEL_PREFIX}.run"
-SCOPE_LABEL = f"{LABEL_PREFIX}.scope"
-
-SCOPES = ("function", "class", "module", "package", "session", "run")
 
 
 @dataclass
@@ -200,9 +205,9 @@ class ContainerManager:
         """Labels that say who made a container, for cleanup and for `docker ps`."""
         return {
             RUN_LABEL: self.run_id,
-            f"{LABEL_PREFIX}.worker": self.worker,
-            f"{LABEL_PREFIX}.pid": str(os.getpid()),
-            f"{LABEL_PREFIX}.host": socket.gethostname(),
+            WORKER_LABEL: self.worker,
+            PID_LABEL: str(os.getpid()),
+            HOST_LABEL: socket.gethostname(),
             SCOPE_LABEL: scope,
         }
 
