@@ -132,6 +132,10 @@ def _declaration(index: int, mark: pytest.Mark, where: str, rootdir: Path) -> De
     )
 
 
+#: An item's declarations, read once at collection and reused by its fixtures.
+declarations_key = pytest.StashKey[list[Declaration]]()
+
+
 def declarations(node: pytest.Item | Any) -> list[Declaration]:
     """The container markers of a test (its own, its class's and its module's)."""
     marks = list(node.iter_markers(MARKER))

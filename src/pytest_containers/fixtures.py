@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import pytest
 
-from pytest_containers._markers import Declaration, declarations
+from pytest_containers._markers import Declaration, declarations, declarations_key
 from pytest_containers._state import plugin_state
 from pytest_containers.errors import ContainerError, EngineUnavailableError
 
@@ -119,7 +119,9 @@ def containers(request: pytest.FixtureRequest) -> dict[str, Container]:
     A marker's name is its ``name=`` keyword, else the image's last path component
     (``redis`` for ``redis:7``).
     """
-    declared = declarations(request.node)
+    declared = request.node.stash.get(declarations_key, None)
+    if declared is None:  # an item collected without our hook (e.g. made by a plugin)
+        declared = declarations(request.node)
     if not declared:
         return {}
     manager = _manager(request)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_containers._markers import MarkerError, declarations
+from pytest_containers._markers import MarkerError, declarations, declarations_key
 from pytest_containers._settings import OPTIONS, SettingError, Settings, resolve_settings
 from pytest_containers._state import PluginState, plugin_state, state_key
 from pytest_containers.errors import ContainerError
@@ -226,7 +226,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         for needed in fixture_images(item):
             state.declared_images.setdefault(needed, None)
-        declared = declarations(item)
+        declared = item.stash[declarations_key] = declarations(item)
         if not declared:
             continue
         # A marked test gets its containers even when it asks for no fixture.
