@@ -198,3 +198,23 @@ def run_together(
             if child.poll() is None:
                 child.kill()
                 child.wait()
+
+
+#: docker-py keeps up to this many connections to the engine open for reuse, per client.
+DOCKER_PY_POOL = 25
+
+
+def open_descriptors() -> tuple[int, int]:
+    """(sockets, other descriptors) this process has open. Sockets are counted apart:
+    each docker-py client's connection pool keeps up to DOCKER_PY_POOL of them, no leak."""
+    sockets = others = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the descriptor listdir itself used, already closed
+        if target.startswith("socket:"):
+            sockets += 1
+        else:
+            others += 1
+    return sockets, others
