@@ -132,7 +132,14 @@ def _layers_made(progress: list[BuildProgress]) -> list[str]:
 
 
 def _run(client: docker.DockerClient, image: str, script: str) -> str:
-    output: bytes = client.containers.run(image, ["sh", "-c", script], remove=True)
+    # exec into a running container: the logs of one that has just exited can come back
+    # empty (containers.run(remove=True) read them so, now and then, on this engine).
+    container = client.containers.run(image, ["sleep", "60"], detach=True)
+    try:
+        output = container.exec_run(["sh", "-c", script]).output
+    finally:
+        container.remove(force=True)
+    assert isinstance(output, bytes)
     return output.decode()
 
 
