@@ -203,7 +203,7 @@ def start_to_ready(
         manager.close()
         with contextlib.suppress(Exception):
             manager.remove_run_containers()
-        manager.stop_guard()
+        manager.guard.stop()
         manager.client.close()
 
 
@@ -243,18 +243,9 @@ def test_ping(container, n):
         assert connection.recv(64) == b"+PONG\\r\\n"
 """
 
-HAND_SUITE = f"""\
-import os
-import socket
-
-import docker
-import docker.errors
-import pytest
-
-IMAGE = {f"{REGISTRY}/library/{REDIS}"!r}
-LABELS = {{{BENCH_LABEL!r}: os.environ["PCTBENCH_ID"]}}
-
-
+#: The hand-written suites' redis: docker-py by hand, one container per test, ready when
+#: its log says so (shared with bench/speed.py).
+HAND_REDIS_FIXTURES = f"""
 @pytest.fixture(scope="session")
 def client():
     client = docker.from_env()
@@ -287,7 +278,21 @@ def redis(client, image_id):
         yield "127.0.0.1", int(port)
     finally:
         container.remove(force=True, v=True)
+"""
 
+HAND_SUITE = f"""\
+import os
+import socket
+
+import docker
+import docker.errors
+import pytest
+
+IMAGE = {f"{REGISTRY}/library/{REDIS}"!r}
+LABELS = {{{BENCH_LABEL!r}: os.environ["PCTBENCH_ID"]}}
+
+
+{HAND_REDIS_FIXTURES}
 
 @pytest.mark.parametrize("n", range(8))
 def test_ping(redis, n):

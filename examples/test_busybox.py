@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,10 @@ def test_http_server_from_a_factory(container_factory: ContainerFactory) -> None
         ports=[8080],
         wait=wait.for_http("/index.html", port=8080),
     )
+    # The address the test dials: 127.0.0.1 for a local engine, the engine's host for a
+    # remote one, the service's address on the network when the tests run in a container.
     host, port = web.address(8080)
-    assert host == "127.0.0.1"
-    assert port > 0
+    connection = http.client.HTTPConnection(host, port, timeout=5)
+    connection.request("GET", "/index.html")
+    assert connection.getresponse().read() == b"hi\n"
+    connection.close()

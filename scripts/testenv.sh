@@ -10,28 +10,11 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-# settings.env: KEY=VALUE lines; the environment wins.
-while IFS='=' read -r key value; do
-    case "$key" in '' | \#*) continue ;; esac
-    if [ -z "${!key:-}" ]; then export "$key=$value"; fi
-done <"$root/testenv/settings.env"
-
-say() { echo "testenv: $*" >&2; }
-die() { echo "testenv: error: $*" >&2; exit 1; }
+me=testenv
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 
 mkdir -p "$TESTENV_DIR"
-apt_updated=""
-apt_install() {
-    [ "$(id -u)" = 0 ] || die "missing $*; install it (apt-get install $*) or run this as root"
-    command -v apt-get >/dev/null || die "missing $* and no apt-get to install it"
-    if [ -z "$apt_updated" ]; then
-        say "apt-get update"
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-        apt_updated=1
-    fi
-    say "installing $*"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
 
 ensure_tools() {
     local missing=()
@@ -161,19 +144,7 @@ seed_redis() {
     # shellcheck disable=SC2086
     if registry_has_tags "$TESTENV_REDIS_REPO" $TESTENV_REDIS_TAGS; then return; fi
     local tarball="$TESTENV_DIR/debian-$TESTENV_DEBIAN_SUITE-redis.tar"
-    if [ ! -s "$tarball" ]; then
-        [ "$(id -u)" = 0 ] || die "debootstrap needs root to make $tarball"
-        say "debootstrap $TESTENV_DEBIAN_SUITE with redis-server (about a minute, cached in $tarball)"
-        local target
-        target=$(mktemp -d)
-        debootstrap --variant=minbase --include=redis-server "$TESTENV_DEBIAN_SUITE" "$target" \
-            "$TESTENV_DEBIAN_MIRROR" >"$TESTENV_DIR/debootstrap.log" 2>&1 \
-            || { tail -n 20 "$TESTENV_DIR/debootstrap.log" >&2; rm -rf "$target"; die "debootstrap failed"; }
-        rm -rf "$target"/var/cache/apt/archives/*.deb "$target"/var/lib/apt/lists/*
-        tar -C "$target" -cf "$tarball.part" .
-        mv "$tarball.part" "$tarball"
-        rm -rf "$target"
-    fi
+    debian_tarball "$tarball" redis-server
     say "importing the redis seed image"
     local image=pytest-containers-testenv/redis:seed
     docker import \

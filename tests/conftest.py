@@ -9,13 +9,18 @@ import docker
 import docker.errors
 import pytest
 
+from pytest_containers._image import Image
 from tests.testenv import (
     MIRROR_OPTION,
     REGISTRY,
     RegistryLog,
+    Starter,
+    leftovers,
     push_unique_image,
     remove_image,
     run_containers,
+    run_networks,
+    seed_image,
 )
 
 
@@ -25,6 +30,34 @@ def docker_client() -> Iterator[docker.DockerClient]:
     client = docker.from_env(timeout=120)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def busybox(docker_client: docker.DockerClient) -> Image:
+    """The busybox seed image, pulled straight from the local registry."""
+    return seed_image(docker_client, "busybox", "1.35")
+
+
+@pytest.fixture(scope="session")
+def redis(docker_client: docker.DockerClient) -> Image:
+    """The redis seed image, pulled straight from the local registry."""
+    return seed_image(docker_client, "redis", "7")
+
+
+@pytest.fixture(scope="module")
+def no_leftovers(docker_client: docker.DockerClient) -> Iterator[None]:
+    """At the end of the module, no container started directly by it is left. Requested
+    by what starts containers, so tests that start none need no engine."""
+    yield
+    assert leftovers(docker_client) == []
+
+
+@pytest.fixture
+def start(docker_client: docker.DockerClient, no_leftovers: None) -> Iterator[Starter]:
+    """Start containers for one test; removed afterwards."""
+    starter = Starter(docker_client)
+    yield starter
+    starter.remove_all()
 
 
 @pytest.fixture
@@ -90,6 +123,9 @@ class InnerRuns:
     def leftovers(self, docker_client: docker.DockerClient) -> list[str]:
         return [name for run_id in self.run_ids for name in run_containers(docker_client, run_id)]
 
+    def leftover_networks(self, docker_client: docker.DockerClient) -> list[str]:
+        return [name for run_id in self.run_ids for name in run_networks(docker_client, run_id)]
+
 
 @pytest.fixture
 def run_suite(
@@ -101,3 +137,6 @@ def run_suite(
     for name in runs.leftovers(docker_client):
         with contextlib.suppress(docker.errors.NotFound):  # a watchdog may be quicker
             docker_client.containers.get(name).remove(force=True)
+    for name in runs.leftover_networks(docker_client):
+        with contextlib.suppress(docker.errors.NotFound):
+            docker_client.networks.get(name).remove()

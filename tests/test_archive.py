@@ -178,6 +178,8 @@ def test_offline_loads_a_pinned_digest_from_the_archive(
     assert loaded.resolved_ref == f"{mirror}/library/{image}@{filled.digest}"
     # Found again by the id recorded with the digest: a loaded image has no RepoDigests.
     assert (again.source, again.id) == ("present", filled.id)
+    # Tagged as the pinned reference it was loaded for, so `docker image prune` spares it.
+    assert f"{mirror}/library/{image}" in docker_client.images.get(loaded.id).tags
 
 
 def test_policy_never_loads_from_the_archive(

@@ -20,23 +20,21 @@ import docker
 import docker.errors
 import pytest
 
-from pytest_containers import _build
+from pytest_containers import _build, _build_context
 from pytest_containers._build import (
     BUILD_CONTEXT_LABEL,
     BUILD_KEY_LABEL,
     BuildProgress,
     BuildSpec,
-    _find_bases,
-    _Ignore,
-    _instructions,
-    _parse_dockerignore,
-    _Source,
     build_image,
     build_key,
     build_tag,
     prune_stale_builds,
 )
+from pytest_containers._build_context import Source
 from pytest_containers._cache import ImageCache
+from pytest_containers._dockerfile import find_bases, parse_instructions
+from pytest_containers._dockerignore import Ignore, parse_dockerignore
 from pytest_containers._pull import inspect_image
 from pytest_containers.errors import ImageBuildError
 from tests.testenv import BUSYBOX, REGISTRY, RegistryLog, run_together
@@ -147,7 +145,7 @@ def _run(client: docker.DockerClient, image: str, script: str) -> str:
 
 
 def _excluded(patterns: str, path: str) -> bool:
-    return _Ignore(_parse_dockerignore(patterns.encode(), "build:test")).excludes(path)
+    return Ignore(parse_dockerignore(patterns.encode(), "build:test")).excludes(path)
 
 
 @pytest.mark.parametrize(
@@ -184,7 +182,7 @@ def test_dockerignore_matches_as_docker_does(patterns: str, path: str, excluded:
 
 def test_a_lone_exclamation_mark_is_an_error() -> None:
     with pytest.raises(ImageBuildError, match=r'lone "!"'):
-        _parse_dockerignore(b"!\n", "build:test")
+        parse_dockerignore(b"!\n", "build:test")
 
 
 def test_the_context_seen_honours_dockerignore(tmp_path: Path) -> None:
@@ -201,7 +199,7 @@ def test_the_context_seen_honours_dockerignore(tmp_path: Path) -> None:
     (context / ".dockerignore").write_text(
         "# comment\n*.log\nsecret\n!secret/keep.txt\nnode_modules\nDockerfile\n.dockerignore\n"
     )
-    source = _Source.load(BuildSpec(context))
+    source = Source.load(BuildSpec(context))
     seen = [entry.rel for entry in source.entries()]
     # The Dockerfile and .dockerignore always go; the re-included file comes without its
     # ignored directory; node_modules is not even walked.
@@ -223,8 +221,8 @@ def test_the_context_seen_honours_dockerignore(tmp_path: Path) -> None:
 
 
 def _bases(dockerfile: str, **spec: Any) -> list[tuple[str, str | None]]:
-    instructions, escape = _instructions(dockerfile.split("\n"))
-    found = _find_bases(instructions, escape, BuildSpec(Path("/nonexistent"), **spec))
+    instructions, escape = parse_instructions(dockerfile.split("\n"))
+    found = find_bases(instructions, escape, BuildSpec(Path("/nonexistent"), **spec))
     return [(base.image, base.platform) for base in found]
 
 
@@ -556,7 +554,7 @@ def test_a_context_changing_while_read_is_read_again(
     docker_client: docker.DockerClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     context = _context(tmp_path / "ctx")
-    original = _build._compute_key
+    original = _build_context.compute_key
     calls = 0
 
     def compute_then_edit(*args: Any) -> str:
@@ -568,7 +566,7 @@ def test_a_context_changing_while_read_is_read_again(
             (context / "app.txt").write_text("edited meanwhile\n")
         return key
 
-    monkeypatch.setattr(_build, "_compute_key", compute_then_edit)
+    monkeypatch.setattr(_build, "compute_key", compute_then_edit)
     image = build_image(docker_client, _cache(docker_client, tmp_path), BuildSpec(context))
     assert calls == 2
     assert _run(docker_client, image.id, "cat /app.txt") == "edited meanwhile\n"
@@ -585,14 +583,14 @@ def test_a_context_that_keeps_changing_is_an_error(
     builds: _CountingBuilds,
 ) -> None:
     context = _context(tmp_path / "ctx")
-    original = _build._compute_key
+    original = _build_context.compute_key
 
     def compute_then_edit(*args: Any) -> str:
         key = original(*args)
         (context / "app.txt").write_text(uuid.uuid4().hex)
         return key
 
-    monkeypatch.setattr(_build, "_compute_key", compute_then_edit)
+    monkeypatch.setattr(_build, "compute_key", compute_then_edit)
     with pytest.raises(ImageBuildError, match="changed each of 3 times"):
         build_image(docker_client, _cache(docker_client, tmp_path), BuildSpec(context))
     assert builds.calls == 0

@@ -8,6 +8,7 @@ that neither the sweeps here nor the finalizers touch anything another run made.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import signal
@@ -28,19 +29,25 @@ import pytest
 
 from pytest_containers import _manager
 from pytest_containers._cleanup import (
+    BOOT_LABEL,
+    CONTAINER_LABEL,
     HOST_LABEL,
     PID_LABEL,
+    PIDNS_LABEL,
     RUN_LABEL,
     SCOPE_LABEL,
     WORKER_LABEL,
     Watchdog,
     hold_run,
+    judge_run,
+    local_identity,
     prune_run_locks,
     run_is_alive,
     run_lock_path,
     start_watchdog,
     sweep_dead_runs,
 )
+from pytest_containers._watchdog import Resource
 from tests.testenv import DOCKER_PY_POOL, REGISTRY, ROOT, open_descriptors
 
 pytestmark = pytest.mark.docker
@@ -127,6 +134,8 @@ class Made:
         self.client = client
         self.image = image
         self.host = f"pct-test-host-{uuid.uuid4().hex[:8]}"
+        # This process, as seen from a made-up host: what a sweep here calls "me".
+        self.me = dataclasses.replace(local_identity(), host=self.host)
         self.run_ids: list[str] = []
         self.processes: list[subprocess.Popen[str]] = []
         self.watchdogs: list[Watchdog] = []
@@ -144,12 +153,16 @@ class Made:
         pid: int | None = None,
         scope: str = "function",
         host: str | None = None,
+        **identity: str,
     ) -> dict[str, str]:
+        """Labels as a process of this identity (``self.me``) would put them; ``host``
+        and ``identity`` (``boot``, ``pidns``, ``container``) override parts of it."""
+        me = dataclasses.replace(self.me, host=self.host if host is None else host, **identity)
         return {
             RUN_LABEL: run_id,
             WORKER_LABEL: worker,
             PID_LABEL: str(os.getpid() if pid is None else pid),
-            HOST_LABEL: self.host if host is None else host,
+            **me.labels(),
             SCOPE_LABEL: scope,
         }
 
@@ -226,13 +239,18 @@ def made(docker_client: docker.DockerClient, busybox: str) -> Iterator[Made]:
 
 
 def test_the_labels_are_those_the_manager_puts_on_containers() -> None:
-    fake = cast(_manager.ContainerManager, SimpleNamespace(run_id="r", worker="gw3"))
+    me = local_identity("c0ffee")
+    guard = SimpleNamespace(identity=me)
+    fake = cast(_manager.ContainerManager, SimpleNamespace(run_id="r", worker="gw3", guard=guard))
     labels = _manager.ContainerManager.labels(fake, "module")
     assert labels == {
         RUN_LABEL: "r",
         WORKER_LABEL: "gw3",
         PID_LABEL: str(os.getpid()),
         HOST_LABEL: socket.gethostname(),
+        BOOT_LABEL: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+        PIDNS_LABEL: f"{os.stat('/proc/self/ns/pid').st_dev}:{os.stat('/proc/self/ns/pid').st_ino}",
+        CONTAINER_LABEL: "c0ffee",
         SCOPE_LABEL: "module",
     }
 
@@ -437,12 +455,15 @@ def test_the_idle_watchdog_imports_neither_docker_nor_pytest() -> None:
         "print(sorted(m for m in ('docker', 'pytest', 'pytest_containers', 'typing') "
         "if m in sys.modules))"
     )
+    # Without coverage's start-up in the child (under --cov), which imports typing itself.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
     out = subprocess.run(
         [sys.executable, "-c", code, _watchdog.__file__],
         capture_output=True,
         text=True,
         check=True,
         cwd="/",
+        env=env,
     )
     assert out.stdout.strip() == "[]"
 
@@ -504,7 +525,6 @@ def test_a_sweep_removes_only_the_dead_runs_of_this_host(made: Made, tmp_path: P
     ).stdout.strip()
     hold_run(tmp_path, dead).release()  # ran, and ended
     hold_run(tmp_path, own).release()
-    hold_run(tmp_path, foreign).release()
     holder = made.python(RUN_HOLDER, tmp_path, live)
     read_ready(holder)
 
@@ -519,11 +539,12 @@ def test_a_sweep_removes_only_the_dead_runs_of_this_host(made: Made, tmp_path: P
     made.container(made.labels(unlocked, pid=int(gone_pid)))  # no lock file, no process
     made.container(made.labels(live, pid=1))
     made.container(made.labels(pid_alive))  # no lock file here, but its process is running
-    made.container(made.labels(foreign, host="pct-test-some-other-host"))
+    # Another host, no lock file here: its pid says nothing about it.
+    made.container(made.labels(foreign, host="pct-test-some-other-host", pid=int(gone_pid)))
     made.container(made.labels(own))
 
     started = time.monotonic()
-    result = sweep_dead_runs(made.client, tmp_path, own_run_id=own, host=made.host)
+    result = sweep_dead_runs(made.client, tmp_path, own_run_id=own, me=made.me)
     took = time.monotonic() - started
 
     assert {run.run_id for run in result.removed} == {dead, unlocked}
@@ -535,9 +556,12 @@ def test_a_sweep_removes_only_the_dead_runs_of_this_host(made: Made, tmp_path: P
     assert result.errors == []
     assert live in result.alive
     assert pid_alive in result.alive
-    assert foreign in result.other_hosts
-    assert own not in result.alive + result.other_hosts
+    assert foreign in result.unproven
+    assert own not in result.alive + result.unproven
     assert any(dead in line for line in result.describe())
+    reasons = {run.run_id: run.reason for run in result.removed}
+    assert reasons[dead] == f"nobody holds its lock in {tmp_path}"
+    assert reasons[unlocked] == f"pid {gone_pid} is gone (same boot and pid namespace)"
 
     for run_id in (dead, unlocked):
         assert scopes_of(made.client, run_id) == []
@@ -549,3 +573,58 @@ def test_a_sweep_removes_only_the_dead_runs_of_this_host(made: Made, tmp_path: P
         made.client.volumes.get(str(volume.id))
     print(f"\nsweep: {took:.2f} s")
     assert took < 30
+
+
+def test_a_run_is_dead_only_on_evidence(made: Made, tmp_path: Path) -> None:
+    """No lock file here for any of these runs: only the engine and the pid can tell.
+    Judged, not swept: any run on this shared engine may sweep what is provably dead."""
+    gone_pid = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    removed = made.client.containers.create(made.image, ["true"])
+    removed.remove()
+    exited = made.client.containers.create(made.image, ["true"])
+    exited.start()
+    exited.wait()
+    running = made.client.containers.create(made.image, ["sleep", "300"])
+    running.start()
+    try:
+        pid = int(gone_pid)
+        cases = {
+            "pid gone here": (made.labels("r", pid=pid), "pid"),
+            "its container removed": (
+                made.labels("r", pid=pid, host="ci-job", container=str(removed.id)),
+                "gone from the engine",
+            ),
+            "its container exited": (
+                made.labels("r", pid=pid, host="ci-job", container=str(exited.id)),
+                "has exited",
+            ),
+            "its container runs": (
+                made.labels("r", pid=pid, host="ci-job", container=str(running.id)),
+                None,
+            ),
+            "another pid namespace": (made.labels("r", pid=pid, pidns="4:1"), None),
+            "another boot": (made.labels("r", pid=pid, boot="other-boot"), None),
+            "another host": (made.labels("r", pid=pid, host="elsewhere"), None),
+            "no identity labels": ({RUN_LABEL: "r", PID_LABEL: gone_pid}, None),
+            "pid alive": (made.labels("r"), None),
+        }
+        for name, (labels, expected) in cases.items():
+            resources = [Resource("container", "id", "name", labels)]
+            reason = judge_run(made.client, tmp_path, "r", resources, made.me)
+            if expected is None:
+                assert reason is None, name
+            else:
+                assert reason is not None, name
+                assert expected in reason, (name, reason)
+        # A run is dead only when every process that made something of it is.
+        both = [
+            Resource("container", "1", "a", cases["pid gone here"][0]),
+            Resource("container", "2", "b", cases["pid alive"][0]),
+        ]
+        assert judge_run(made.client, tmp_path, "r", both, made.me) is None
+    finally:
+        exited.remove(force=True)
+        running.remove(force=True)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import time
-import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,103 +15,18 @@ import pytest
 from pytest_containers._containers import (
     Container,
     ContainerSpec,
-    docker_host,
-    remove_container,
     start_container,
 )
 from pytest_containers._image import Image
 from pytest_containers.errors import ContainerStartupError, PortNotPublishedError
 from pytest_containers.wait import all_of, for_log, for_port
-from tests.testenv import REGISTRY
-
-#: Every container this process makes carries this label, so leftovers can be found.
-TEST_LABEL = "pytest-containers.test"
-RUN_ID = uuid.uuid4().hex
-LABELS = {TEST_LABEL: RUN_ID}
-CASE_LABEL = "pytest-containers.test-case"
-
-
-def seed_image(client: docker.DockerClient, name: str, tag: str) -> Image:
-    """Pull a seed image from the local registry and describe it as the cache would."""
-    repository = f"{REGISTRY}/library/{name}"
-    pulled = client.images.pull(repository, tag=tag)
-    ref = f"{repository}:{tag}"
-    return Image(ref=ref, resolved_ref=ref, id=str(pulled.id), source="pulled")
-
-
-def leftovers(client: docker.DockerClient) -> list[str]:
-    """Names of this process's containers that still exist."""
-    found = client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={RUN_ID}"})
-    return [str(c.name) for c in found]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def http_get(url: str) -> tuple[int, str]:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(url, timeout=5) as response:
-        return int(response.status), response.read().decode()
-
-
-class Starter:
-    """Starts containers labelled with :data:`LABELS` and a label of their own test."""
-
-    def __init__(self, client: docker.DockerClient) -> None:
-        self.client = client
-        self.case = uuid.uuid4().hex
-        self.made: list[Container] = []
-
-    def __call__(self, image: Image, wait_timeout: float = 30.0, **kwargs: Any) -> Container:
-        spec = ContainerSpec.from_kwargs(image.ref, **kwargs)
-        labels = {**LABELS, CASE_LABEL: self.case}
-        container = start_container(
-            self.client, image, spec, labels=labels, wait_timeout=wait_timeout
-        )
-        self.made.append(container)
-        return container
-
-    def leftovers(self) -> list[str]:
-        """Names of this starter's containers that still exist."""
-        found = self.client.containers.list(
-            all=True, filters={"label": f"{CASE_LABEL}={self.case}"}
-        )
-        return [str(c.name) for c in found]
-
-    def remove_all(self) -> None:
-        for container in self.made:
-            remove_container(container)
-
-
-@pytest.fixture(scope="session")
-def busybox(docker_client: docker.DockerClient) -> Image:
-    return seed_image(docker_client, "busybox", "1.35")
-
-
-@pytest.fixture(scope="session")
-def redis(docker_client: docker.DockerClient) -> Image:
-    return seed_image(docker_client, "redis", "7")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_leftovers(docker_client: docker.DockerClient) -> Iterator[None]:
-    yield
-    assert leftovers(docker_client) == []
-
-
-@pytest.fixture
-def start(docker_client: docker.DockerClient) -> Iterator[Starter]:
-    """Start containers for one test; removed afterwards."""
-    starter = Starter(docker_client)
-    yield starter
-    starter.remove_all()
+from tests.testenv import LABELS, RUN_ID, TEST_LABEL, Starter, free_port, http_get
 
 
 @pytest.fixture(scope="module")
-def sleeper(docker_client: docker.DockerClient, busybox: Image) -> Iterator[Container]:
+def sleeper(
+    docker_client: docker.DockerClient, busybox: Image, no_leftovers: None
+) -> Iterator[Container]:
     """One idle busybox container shared by the tests that only exec and copy."""
     starter = Starter(docker_client)
     yield starter(busybox, command=["sleep", "600"], options={"init": True})
@@ -144,6 +56,15 @@ def test_spec_port_mapping_form() -> None:
     )
     assert spec.ports == ("80/tcp", "6379/tcp", "53/udp")
     assert spec.port_bindings == (("80/tcp", "0.0.0.0", None), ("6379/tcp", None, 16379))
+
+
+def test_spec_port_zero_is_an_ephemeral_port_like_none() -> None:
+    spec = ContainerSpec.from_kwargs("x", ports={6379: 0, "80": ("127.0.0.1", 0)})
+    assert spec.ports == ("80/tcp", "6379/tcp")
+    assert spec.port_bindings == (("80/tcp", "127.0.0.1", None),)
+    assert spec == ContainerSpec.from_kwargs("x", ports={6379: None, "80": ("127.0.0.1", None)})
+    with pytest.raises(ValueError, match="None or 0"):
+        ContainerSpec.from_kwargs("x", ports={6379: -1})
 
 
 def test_spec_options_are_frozen_and_thawed_back() -> None:
@@ -192,15 +113,6 @@ def test_spec_rejects_unknown_and_bad_options() -> None:
         ContainerSpec.from_kwargs("x", wait="log")
     with pytest.raises(ValueError, match="KEY=VALUE"):
         ContainerSpec.from_kwargs("x", env=["NOEQUALS"])
-
-
-def test_docker_host_forms(docker_client: docker.DockerClient) -> None:
-    assert docker_host({"DOCKER_HOST": "unix:///var/run/docker.sock"}) == "127.0.0.1"
-    assert docker_host({}) == "127.0.0.1"
-    assert docker_host({"DOCKER_HOST": "tcp://10.1.2.3:2376"}) == "10.1.2.3"
-    assert docker_host("ssh://ci@build-box:22") == "build-box"
-    expected = docker_host(os.environ) if os.environ.get("DOCKER_HOST") else "127.0.0.1"
-    assert docker_host(docker_client) == expected
 
 
 # --- ports -----------------------------------------------------------------------------
@@ -378,6 +290,17 @@ def test_wait_timeout_names_the_wait(start: Starter, busybox: Image) -> None:
     assert error.exit_code is None
     assert "waiting" in error.logs
     assert start.leftovers() == []
+
+
+@pytest.mark.docker
+def test_a_startup_error_carries_a_bounded_log_tail(start: Starter, busybox: Image) -> None:
+    # 20 lines of 1 MB: the error keeps their end, at most 64 KiB of it.
+    script = "for i in $(seq 20); do head -c 1000000 /dev/zero | tr '\\0' y; echo; done; exit 1"
+    with pytest.raises(ContainerStartupError) as failure:
+        start(busybox, command=["sh", "-c", script], wait=for_log("never"))
+    logs = failure.value.logs or ""
+    assert 0 < len(logs.encode()) <= 64 * 1024
+    assert set(logs.strip()) == {"y"}
 
 
 @pytest.mark.docker

@@ -248,12 +248,38 @@ def test_the_holding_thread_may_take_the_same_lock_again(lock_path: Path) -> Non
         assert len(errors) == 1
 
 
-def test_different_lock_files_do_not_block_each_other(tmp_path: Path) -> None:
-    with (
-        exclusive(tmp_path / "a.lock", timeout=1, what="a"),
-        exclusive(tmp_path / "b.lock", timeout=1, what="b"),
-    ):
-        pass
+def test_a_lock_file_held_by_another_process_does_not_block_another_file(
+    lock_path: Path, holder: subprocess.Popen[str]
+) -> None:
+    # The holder keeps image.lock; its neighbour in the same directory is free at once.
+    started = time.monotonic()
+    with exclusive(lock_path.with_name("other.lock"), timeout=2, what="other"):
+        assert time.monotonic() - started < 2
+    assert holder.poll() is None  # still holding image.lock all along
+
+
+def test_a_lock_file_held_by_another_thread_does_not_block_another_file(
+    lock_path: Path,
+) -> None:
+    # On two threads: one thread taking both files would pass even if they were one lock,
+    # since the holding thread may re-enter it.
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with exclusive(lock_path, timeout=5, what="redis"):
+            held.set()
+            done.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert held.wait(10)
+        started = time.monotonic()
+        with exclusive(lock_path.with_name("other.lock"), timeout=2, what="other"):
+            assert time.monotonic() - started < 2
+    finally:
+        done.set()
+        thread.join(10)
 
 
 def test_the_lock_is_released_when_the_block_raises(lock_path: Path) -> None:

@@ -30,6 +30,7 @@ def test_fifty_containers_started_and_released_leave_nothing_and_leak_nothing(
         (sockets, fds), threads = open_descriptors(), threading.active_count()
         for _ in range(50):
             manager.release(manager.start(spec))
+        manager.wait_for_removals()  # removals run in the background, off the tests' path
         assert run_containers(docker_client, run_id) == []
         sockets_after, fds_after = open_descriptors()
         assert fds_after <= fds + 2
@@ -38,5 +39,5 @@ def test_fifty_containers_started_and_released_leave_nothing_and_leak_nothing(
         assert threading.active_count() <= threads + 1
     finally:
         manager.close()
-        manager.stop_guard()
+        manager.guard.stop()
     assert run_containers(docker_client, run_id) == []

@@ -65,7 +65,17 @@ def test_an_invalid_environment_value_is_a_usage_error_too(
     pytester.makepyfile("def test_nothing(): pass")
     result = pytester.runpytest_subprocess()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "--container-pull: invalid value 'often'" in result.stderr.str()
+    assert (
+        "environment variable PYTEST_CONTAINERS_PULL: invalid value 'often'" in result.stderr.str()
+    )
+
+
+def test_an_invalid_ini_value_names_the_ini_key(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ncontainer_log_lines = many\n")
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "ini option container_log_lines: expected a whole number" in result.stderr.str()
 
 
 def test_the_header_shows_the_pull_policy_and_the_mirror(pytester: pytest.Pytester) -> None:

@@ -102,3 +102,40 @@ def test_a_missing_context_is_a_collection_error(
     result = run_suite()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*test_app*nowhere*does not exist*"])
+
+
+@pytest.mark.usefixtures("builds_cleaned")
+def test_prune_says_which_builds_it_kept_and_why_and_all_removes_them(
+    pytester: pytest.Pytester, tmp_path: Path, run_suite: InnerRuns
+) -> None:
+    app = pytester.mkdir("app")
+    (app / "Dockerfile").write_text("FROM busybox:1.35\nCOPY app.txt /app.txt\n")
+    pytester.makepyfile(
+        """
+        from pytest_containers import image_fixture
+
+        app_image = image_fixture(build="app")
+
+        def test_app(app_image):
+            pass
+        """
+    )
+    for version in ("1", "2"):
+        (app / "app.txt").write_text(version)
+        run_suite().assert_outcomes(passed=1)
+    cache = f"--container-cache-dir={tmp_path / 'cache'}"
+
+    result = pytester.runpytest_subprocess("--container-prune", cache)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        [
+            f"pytest-containers: removed 0 built image(s) of {pytester.path}",
+            "pytest-containers: kept 2 built image(s) (the newest build of its context: 1;"
+            " built less than 24 h ago: 1); --container-prune=all removes them too",
+        ]
+    )
+
+    result = pytester.runpytest_subprocess("--container-prune=all", cache)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines([f"pytest-containers: removed 2 built image(s) of {pytester.path}"])
+    result.stdout.no_fnmatch_line("*kept*built image*")

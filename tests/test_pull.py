@@ -356,3 +356,9 @@ def test_rate_limited_message_says_what_to_do(engine: FakeEngine) -> None:
     assert caught.value.kind == "rate-limited"
     assert "docker login" in str(caught.value)
     assert "--container-mirror" in str(caught.value)
+
+
+def test_advice_names_only_options_that_exist() -> None:
+    transient = _describe("transient", TRANSIENT[0])
+    assert "retry budget" not in transient
+    assert "--container-stall-timeout" in _describe("stalled", "no progress")

@@ -10,7 +10,7 @@ import uuid
 import docker
 import pytest
 
-from tests.testenv import MIRROR_OPTION, ROOT, run_containers
+from tests.testenv import MIRROR_OPTION, ROOT, run_containers, run_networks
 
 pytestmark = pytest.mark.docker
 
@@ -40,3 +40,4 @@ def test_a_readme_example_passes(
     assert outcomes.get("passed", 0) >= 1, result.stdout.str()
     assert set(outcomes) <= {"passed", "seconds"}, result.stdout.str()
     assert run_containers(docker_client, run_id) == []
+    assert run_networks(docker_client, run_id) == []

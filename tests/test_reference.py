@@ -393,3 +393,11 @@ def test_malformed_platforms_are_rejected(text: str) -> None:
     with pytest.raises(ValueError, match="OS/ARCH") as caught:
         normalize_platform(text)
     assert repr(text) in str(caught.value)
+
+
+def test_a_suggestion_is_given_only_when_it_parses() -> None:
+    with pytest.raises(ImageReferenceError) as caught:
+        parse_reference("Redis:::7")
+    message = str(caught.value)
+    assert "'redis:::7'" not in message
+    assert "write e.g. 'redis:7'" in message  # the generic examples instead

@@ -21,8 +21,10 @@ def reads_marker(image: str, expected: str) -> str:
 import pytest
 
 @pytest.mark.container("{image}", command=["sleep", "30"])
-def test_marker(container):
-    assert container.exec(["cat", "/etc/image-id"]).stdout == "{expected}"
+def test_marker(container, tmp_path):
+    # Read from the filesystem: exec output can be lost by the engine (moby#27289).
+    container.copy_from("/etc/image-id", tmp_path / "image-id")
+    assert (tmp_path / "image-id").read_text() == "{expected}"
 """
 
 
@@ -155,3 +157,52 @@ def test_the_header_shows_the_engine_pull_policy_mirror_and_lock_file(
             " lock file *containers.lock (0 pins, auto)"
         ]
     )
+
+
+def _suite(*, second: str | None, skip_second: bool = False) -> str:
+    text = f"""
+import pytest
+
+@pytest.mark.container("{BUSYBOX}", command=["sleep", "30"])
+def test_one(container):
+    pass
+"""
+    if second is not None:
+        skip = "@pytest.mark.skip('not here')\n" if skip_second else ""
+        text += f"""
+{skip}@pytest.mark.container("{second}", command=["sleep", "30"])
+def test_two(container):
+    pass
+"""
+    return text
+
+
+def test_update_drops_pins_of_unused_images_only_when_the_whole_suite_ran(
+    run_suite: InnerRuns, pytester: pytest.Pytester
+) -> None:
+    lockfile = pytester.path / "containers.lock"
+    pytester.makepyfile(_suite(second="busybox:latest"))
+    run_suite("--container-lock=update", "-n", "2").assert_outcomes(passed=2)
+    assert "busybox:latest  sha256:" in lockfile.read_text()
+
+    # A selection (-k) keeps the pin it did not use, and says so.
+    result = run_suite("--container-lock=update", "-k", "one")
+    result.assert_outcomes(passed=1, deselected=1)
+    result.stdout.fnmatch_lines(["*containers.lock: updated, 2 pins; kept 1 pin(s)*busybox:latest"])
+    assert "busybox:latest  sha256:" in lockfile.read_text()
+
+    # A test that is skipped still uses its image: its pin stays.
+    pytester.makepyfile(_suite(second="busybox:latest", skip_second=True))
+    run_suite("--container-lock=update").assert_outcomes(passed=1, skipped=1)
+    assert "busybox:latest  sha256:" in lockfile.read_text()
+
+    # The whole suite, which no longer uses the image, drops its pin (also under xdist).
+    pytester.makepyfile(_suite(second=None))
+    result = run_suite("--container-lock=update", "-n", "2")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["*containers.lock: updated, 1 pins; dropped 1 pin(s) of images the suite no longer"
+         " uses: busybox:latest"]
+    )  # fmt: skip
+    assert "busybox:latest" not in lockfile.read_text()
+    assert f"{BUSYBOX}  sha256:" in lockfile.read_text()

@@ -4,11 +4,10 @@ and what to do, while the other tests go on and nothing is left running."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,34 +16,18 @@ import docker
 import docker.errors
 import pytest
 
+from pytest_containers._cleanup import local_identity
 from tests.conftest import InnerRuns
-from tests.testenv import AUTH_REGISTRY, BUSYBOX, MIRROR_OPTION, run_containers
+from tests.testenv import (
+    AUTH_REGISTRY,
+    BUSYBOX,
+    run_containers,
+    start_pytest,
+    wait_for_files,
+    wait_until_gone,
+)
 
 pytestmark = pytest.mark.docker
-
-
-def wait_until_gone(client: docker.DockerClient, run_id: str, seconds: float) -> float:
-    started = time.monotonic()
-    while run_containers(client, run_id):
-        assert time.monotonic() - started < seconds, run_containers(client, run_id)
-        time.sleep(0.2)
-    return time.monotonic() - started
-
-
-def start_pytest(pytester: pytest.Pytester, run_id: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", MIRROR_OPTION,
-         f"--testrunuid={run_id}", *args],
-        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-
-
-def wait_for_files(directory: Path, count: int, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while len(list(directory.iterdir())) < count:
-        assert time.monotonic() < deadline, "the inner run never got its containers up"
-        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
@@ -157,7 +140,7 @@ def test_without_an_engine_the_container_tests_error_with_one_clear_message(
     assert time.monotonic() - started < 30
     result.assert_outcomes(passed=1, errors=2)
     result.stdout.fnmatch_lines(
-        ["*test_needs_one: no Docker engine answered at DOCKER_HOST=tcp://*"]
+        ["*test_needs_one: no Docker engine answered; tried, in order: tcp://* (DOCKER_HOST): *"]
     )
     assert "Traceback" not in result.stdout.str()
 
@@ -182,7 +165,7 @@ def test_unavailable_skip_skips_the_container_tests_and_says_why(
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs", timeout=120)
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(
-        ["SKIPPED*no Docker engine answered at DOCKER_HOST=unix:///nonexistent*"]
+        ["SKIPPED*no Docker engine answered; tried, in order: unix:///nonexistent*"]
     )
 
 
@@ -317,9 +300,12 @@ def test_prune_removes_what_dead_runs_left_and_nothing_else(
     image = docker_client.images.pull(f"{REGISTRY}/library/busybox", tag="1.35")
     dead, foreign = run_suite.new_run_id(), run_suite.new_run_id()
     for run_id, host in ((dead, socket.gethostname()), (foreign, "another-host")):
+        # Made by a process of this boot and pid namespace (or, for "foreign", of
+        # another host), whose pid is gone.
+        identity = dataclasses.replace(local_identity(), host=host)
         docker_client.containers.create(
             str(image.id), ["sleep", "300"],
-            labels={"pytest-containers.run": run_id, "pytest-containers.host": host,
+            labels={"pytest-containers.run": run_id, **identity.labels(),
                     "pytest-containers.worker": "main", "pytest-containers.pid": "999999999",
                     "pytest-containers.scope": "function"},
         )  # fmt: skip
@@ -330,7 +316,8 @@ def test_prune_removes_what_dead_runs_left_and_nothing_else(
     # A concurrent run's own sweep at start may have been first to remove the dead run's
     # container (that is the product working); either way it is gone and the rest kept.
     output = result.stdout.str()
-    assert f"removed from dead run {dead}: 1 container" in output or "no dead run" in output
-    result.stdout.fnmatch_lines(["*kept 1 run(s) of other hosts*"])
+    removed = f"removed from dead run {dead} (pid 999999999 is gone (same boot and pid namespace))"
+    assert removed in output or f"dead run {dead}" not in output
+    result.stdout.fnmatch_lines(["*kept * run(s) that cannot be proven dead from here*"])
     assert run_containers(docker_client, dead) == []
     assert len(run_containers(docker_client, foreign)) == 1

@@ -8,19 +8,33 @@ the registry's access log and make images that no engine has seen, so that pulls
 from __future__ import annotations
 
 import contextlib
+import http.server
 import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tarfile
+import threading
+import time
+import urllib.error
+import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
+
+from pytest_containers._image import Image
+
+if TYPE_CHECKING:
+    import pytest
+
+    from pytest_containers._containers import Container
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,6 +86,19 @@ class RegistryLog:
             log.seek(self.offset)
             return log.read().decode(errors="replace").splitlines()
 
+    def count(self, fragment: str, expected: int, timeout: float = 5.0) -> int:
+        """How many lines hold ``fragment``, waiting up to ``timeout`` for ``expected``.
+
+        The registry writes an access-log line only once it has sent the response, so
+        on a busy machine a line can land a moment after the client has moved on.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            found = sum(fragment in line for line in self.lines())
+            if found >= expected or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
+
     def manifest_requests(self, image: str) -> int:
         """How many pulls asked for the manifest of ``image`` (``name:tag``, Hub style).
 
@@ -109,6 +136,12 @@ def run_containers(client: docker.DockerClient, run_id: str) -> list[str]:
     # The low-level call: containers.list() inspects each one, racing with removals.
     found = client.api.containers(all=True, filters={"label": f"pytest-containers.run={run_id}"})
     return [str(container["Names"][0]).lstrip("/") for container in found]
+
+
+def run_networks(client: docker.DockerClient, run_id: str) -> list[str]:
+    """Names of the networks that carry the plugin's label for run ``run_id``."""
+    found = client.api.networks(filters={"label": f"pytest-containers.run={run_id}"}) or []
+    return [str(network["Name"]) for network in found]
 
 
 def _busybox_tar(marker: str) -> bytes:
@@ -218,3 +251,187 @@ def open_descriptors() -> tuple[int, int]:
         else:
             others += 1
     return sockets, others
+
+
+# -- containers started directly (the tests of _containers and wait) -------------------
+
+#: Every container this process starts directly carries this label, so leftovers can be found.
+TEST_LABEL = "pytest-containers.test"
+RUN_ID = uuid.uuid4().hex
+LABELS = {TEST_LABEL: RUN_ID}
+CASE_LABEL = "pytest-containers.test-case"
+
+
+def seed_image(client: docker.DockerClient, name: str, tag: str) -> Image:
+    """Pull a seed image from the local registry and describe it as the cache would."""
+    repository = f"{REGISTRY}/library/{name}"
+    pulled = client.images.pull(repository, tag=tag)
+    ref = f"{repository}:{tag}"
+    return Image(ref=ref, resolved_ref=ref, id=str(pulled.id), source="pulled")
+
+
+def leftovers(client: docker.DockerClient) -> list[str]:
+    """Names of the containers this process started directly that still exist."""
+    found = client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={RUN_ID}"})
+    return [str(c.name) for c in found]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def http_get(url: str) -> tuple[int, str]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=5) as response:
+        return int(response.status), response.read().decode()
+
+
+class Starter:
+    """Starts containers labelled with :data:`LABELS` and a label of their own test."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.client = client
+        self.case = uuid.uuid4().hex
+        self.made: list[Container] = []
+
+    def __call__(self, image: Image, wait_timeout: float = 30.0, **kwargs: Any) -> Container:
+        from pytest_containers._containers import ContainerSpec, start_container
+
+        spec = ContainerSpec.from_kwargs(image.ref, **kwargs)
+        labels = {**LABELS, CASE_LABEL: self.case}
+        container = start_container(
+            self.client, image, spec, labels=labels, wait_timeout=wait_timeout
+        )
+        self.made.append(container)
+        return container
+
+    def leftovers(self) -> list[str]:
+        """Names of this starter's containers that still exist."""
+        found = self.client.containers.list(
+            all=True, filters={"label": f"{CASE_LABEL}={self.case}"}
+        )
+        return [str(c.name) for c in found]
+
+    def remove_all(self) -> None:
+        from pytest_containers._containers import remove_container
+
+        for container in self.made:
+            remove_container(container)
+
+
+# -- a registry that misbehaves on purpose ----------------------------------------------
+
+
+class MisbehavingRegistry(http.server.ThreadingHTTPServer):
+    """Forwards to the test registry, except that it answers 429 to manifest requests
+    (``mode="rate-limit"``), never answers blob requests (``mode="stall-blobs"``) or
+    answers them 2.5 s late (``mode="slow-blobs"``)."""
+
+    daemon_threads = True
+
+    def __init__(self, mode: str) -> None:
+        super().__init__(("127.0.0.1", 0), _MisbehavingHandler)
+        self.mode = mode
+        self.release = threading.Event()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+
+class _MisbehavingHandler(http.server.BaseHTTPRequestHandler):
+    server: MisbehavingRegistry
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self._answer(body=False)
+
+    def do_GET(self) -> None:
+        self._answer(body=True)
+
+    def _answer(self, *, body: bool) -> None:
+        if self.server.mode == "rate-limit" and "/manifests/" in self.path:
+            payload = json.dumps(
+                {
+                    "errors": [
+                        {
+                            "code": "TOOMANYREQUESTS",
+                            "message": "You have reached your pull rate limit.",
+                        }
+                    ]
+                }
+            ).encode()
+            self.send_response(429)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if body:
+                self.wfile.write(payload)
+            return
+        if self.server.mode == "stall-blobs" and "/blobs/" in self.path:
+            self.server.release.wait(60)
+            return
+        if self.server.mode == "slow-blobs" and "/blobs/" in self.path:
+            self.server.release.wait(2.5)  # then forward: a pull that takes a few seconds
+        request = urllib.request.Request(
+            f"http://{REGISTRY}{self.path}",
+            headers={k: v for k, v in self.headers.items() if k.lower() != "host"},
+            method=self.command,
+        )
+        try:
+            response = urllib.request.urlopen(request, timeout=10)
+        except urllib.error.HTTPError as error:
+            response = error
+        with response:
+            data = response.read()
+            self.send_response(response.status)
+            for key, value in response.headers.items():
+                if key.lower() not in ("connection", "transfer-encoding"):
+                    self.send_header(key, value)
+            self.end_headers()
+            if body:
+                self.wfile.write(data)
+
+
+@contextlib.contextmanager
+def misbehaving_registry(mode: str) -> Iterator[MisbehavingRegistry]:
+    server = MisbehavingRegistry(mode)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def wait_until_gone(client: docker.DockerClient, run_id: str, seconds: float) -> float:
+    """Wait until no container of ``run_id`` is left; how long that took."""
+    started = time.monotonic()
+    while run_containers(client, run_id):
+        assert time.monotonic() - started < seconds, run_containers(client, run_id)
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def start_pytest(pytester: pytest.Pytester, run_id: str, *args: str) -> subprocess.Popen[str]:
+    """pytest on pytester's suite in a process of its own (its own session, to kill)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", MIRROR_OPTION,
+         f"--testrunuid={run_id}", *args],
+        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def wait_for_files(directory: Path, count: int, seconds: float = 60) -> None:
+    """Wait until the inner run's tests wrote ``count`` files into ``directory``."""
+    deadline = time.monotonic() + seconds
+    while len(list(directory.iterdir())) < count:
+        assert time.monotonic() < deadline, "the inner run never got its containers up"
+        time.sleep(0.1)

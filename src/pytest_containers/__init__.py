@@ -1,7 +1,10 @@
 """pytest-containers: pull each image once, run ready containers, prove what ran.
 
-The names that need docker-py (``Container``, ``ExecResult``, ``wait``) are imported on
-first use, so that the plugin costs nothing to a run that starts no container.
+The names that need docker-py (``Container``, ``ExecResult``, ``Network``, ``wait``) are imported on
+first use, so that the plugin costs nothing to a run that starts no container; so are the
+fixture helpers (``ContainerFactory``, ``container_fixture``, ``image_fixture``,
+``network_fixture``), so that importing a core module (``pytest_containers._reference``)
+does not import pytest.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from pytest_containers._image import Image
+from pytest_containers._services import Service, service
 from pytest_containers.errors import (
+    ArchiveError,
+    CacheDirError,
     ContainerError,
     ContainerStartupError,
     EngineUnavailableError,
@@ -18,15 +24,28 @@ from pytest_containers.errors import (
     ImageNotFoundError,
     ImagePullError,
     ImageReferenceError,
+    LockFileError,
+    NetworkError,
     PortNotPublishedError,
+    ServiceError,
+    ServiceStartError,
+    UnpinnedImageError,
 )
-from pytest_containers.fixtures import ContainerFactory, container_fixture, image_fixture
 
 if TYPE_CHECKING:
     from pytest_containers import wait
     from pytest_containers._containers import Container, ExecResult
+    from pytest_containers._networks import Network
+    from pytest_containers.fixtures import (
+        ContainerFactory,
+        container_fixture,
+        image_fixture,
+        network_fixture,
+    )
 
 __all__ = [
+    "ArchiveError",
+    "CacheDirError",
     "Container",
     "ContainerError",
     "ContainerFactory",
@@ -38,15 +57,29 @@ __all__ = [
     "ImageNotFoundError",
     "ImagePullError",
     "ImageReferenceError",
+    "LockFileError",
+    "Network",
+    "NetworkError",
     "PortNotPublishedError",
+    "Service",
+    "ServiceError",
+    "ServiceStartError",
+    "UnpinnedImageError",
     "container_fixture",
     "image_fixture",
+    "network_fixture",
+    "service",
     "wait",
 ]
 
 _LAZY = {
+    "ContainerFactory": "pytest_containers.fixtures",
+    "container_fixture": "pytest_containers.fixtures",
+    "image_fixture": "pytest_containers.fixtures",
+    "network_fixture": "pytest_containers.fixtures",
     "Container": "pytest_containers._containers",
     "ExecResult": "pytest_containers._containers",
+    "Network": "pytest_containers._networks",
     "wait": "pytest_containers.wait",
 }
 

@@ -36,34 +36,43 @@ before anything asks the registry:
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import CancelledError, Future
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import docker
 
 from pytest_containers._archive import ArchiveEntry, ArchiveError, ImageArchive
+from pytest_containers._cache_records import (
+    Key,
+    Outcome,
+    Target,
+    copy_error,
+    explain_error,
+    matches_platform,
+    not_present_error,
+    recorded_error,
+    repo_digests,
+    write_record,
+)
 from pytest_containers._image import Image
 from pytest_containers._lockfile import Pin, UnpinnedImageError, pin_key
 from pytest_containers._locks import (
+    CacheDirError,
     ensure_private_dir,
     exclusive,
     key_path,
     read_json,
-    write_json_atomic,
 )
 from pytest_containers._pull import (
     PullProgress,
     image_target,
     inspect_image,
-    make_pull_error,
     pull_image,
 )
 from pytest_containers._reference import (
@@ -72,9 +81,9 @@ from pytest_containers._reference import (
     parse_mirror,
     parse_reference,
 )
+from pytest_containers._settings import PullPolicy
 from pytest_containers.errors import (
     ContainerError,
-    ImageNotFoundError,
     ImagePullError,
     ImageReferenceError,
 )
@@ -85,43 +94,6 @@ __all__ = ["ImageCache", "PullPolicy"]
 PREFETCH_WORKERS = 4
 
 _log = logging.getLogger(__name__)
-
-_Key = tuple[str, str]  # (resolved reference, platform or "")
-
-
-@dataclasses.dataclass(frozen=True)
-class _Target:
-    """What one get() resolves: ``image`` as written; ``canonical`` that reference
-    normalized, before any mirror, with the pin's digest when pinned (what the archive is
-    keyed by, so that it serves whatever mirror a later run uses); ``resolved`` the same
-    after the mirror (what the engine and the registry are asked for)."""
-
-    image: str
-    canonical: Reference
-    resolved: Reference
-    platform: str | None
-    pinned: bool
-
-    @property
-    def key(self) -> _Key:
-        return (str(self.resolved), self.platform or "")
-
-
-@dataclasses.dataclass(frozen=True)
-class _Outcome:
-    attrs: dict[str, Any]
-    source: str
-    digest: str | None = None
-    note: str | None = None
-
-
-class PullPolicy(str, Enum):
-    """When to pull: ``missing`` (only images the engine lacks), ``always`` (once per
-    run, shared by all its workers) or ``never`` (fail if the engine lacks the image)."""
-
-    MISSING = "missing"
-    ALWAYS = "always"
-    NEVER = "never"
 
 
 @dataclasses.dataclass
@@ -220,8 +192,8 @@ class ImageCache:
         self._engine_lock = threading.Lock()
         self._engine_id: str | None = None
         self._dir_ready = False
-        self._pending: dict[_Key, _Pending] = {}
-        self._resolved: dict[_Key, Image] = {}
+        self._pending: dict[Key, _Pending] = {}
+        self._resolved: dict[Key, Image] = {}
         # Images this process saw archived: not asked of the archive's index again.
         self._archived: set[tuple[Path, str, str, str | None, str]] = set()
         self._pool = _DaemonPool(PREFETCH_WORKERS, "pytest-containers-prefetch")
@@ -264,7 +236,7 @@ class ImageCache:
                 self._forget(key, pending)  # a prefetch dropped by close(); do it here
                 continue
             except ImagePullError as error:
-                raise _copy(error) from None
+                raise copy_error(error) from None
             finally:
                 if pending.prefetched:
                     self._forget(key, pending)  # its outcome is handed over once
@@ -291,7 +263,7 @@ class ImageCache:
                 pending = _Pending(Future(), prefetched=True)
                 self._pending[key] = pending
 
-            def task(pending: _Pending = pending, target: _Target = target) -> None:
+            def task(pending: _Pending = pending, target: Target = target) -> None:
                 if not pending.future.set_running_or_notify_cancel():
                     return
                 try:
@@ -335,7 +307,7 @@ class ImageCache:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _parse(self, image: str, platform: str | None) -> _Target:
+    def _parse(self, image: str, platform: str | None) -> Target:
         ref = parse_reference(image)
         try:
             plat = normalize_platform(platform)
@@ -352,14 +324,14 @@ class ImageCache:
                 "run pytest --container-lock=update to pin it",
                 image=image,
             )
-        return _Target(image, ref, ref.with_mirror(self.mirror), plat, pin is not None)
+        return Target(image, ref, ref.with_mirror(self.mirror), plat, pin is not None)
 
-    def _forget(self, key: _Key, pending: _Pending) -> None:
+    def _forget(self, key: Key, pending: _Pending) -> None:
         with self._mutex:
             if self._pending.get(key) is pending:
                 del self._pending[key]
 
-    def _run(self, pending: _Pending, target: _Target) -> Image:
+    def _run(self, pending: _Pending, target: Target) -> Image:
         key = target.key
         try:
             result = self._resolve(target)
@@ -384,7 +356,7 @@ class ImageCache:
             key_path(self.cache_dir, *parts, suffix=".json"),
         )
 
-    def _resolve(self, target: _Target) -> Image:
+    def _resolve(self, target: Target) -> Image:
         started = time.monotonic()
         lock_path, state_path = self._paths(target.resolved, target.platform)
         outcome = self._obtain(target, lock_path, state_path)
@@ -413,7 +385,7 @@ class ImageCache:
             self._resolved.setdefault(target.key, result)
         return result
 
-    def _obtain(self, target: _Target, lock_path: Path, state_path: Path) -> _Outcome:
+    def _obtain(self, target: Target, lock_path: Path, state_path: Path) -> Outcome:
         """Make the image present: find it, load it from the archive or pull it."""
         image, resolved = target.image, target.resolved
         # A digest names immutable content: "always" has nothing to refresh.
@@ -422,20 +394,20 @@ class ImageCache:
         # Without the lock first: the common case, an image already there, needs no wait.
         attrs = self._usable(target, state_path, always=always)
         if attrs is not None:
-            return _Outcome(attrs, "present")
+            return Outcome(attrs, "present")
         if self.policy is PullPolicy.NEVER and self._archived_entry(target) is None:
             missing = None
             if self.archive is not None:
                 missing = f"the image archive {self.archive.directory} has no copy of it"
-            raise self._not_present(target, missing)
+            raise not_present_error(target, missing)
         with exclusive(lock_path, timeout=self.lock_timeout, what=f"the image {image}"):
             # Whoever held the lock before may have pulled it, or failed, meanwhile.
             attrs = self._usable(target, state_path, always=always)
             if attrs is not None:
-                return _Outcome(attrs, "present")
+                return Outcome(attrs, "present")
             record = read_json(state_path)
             if record is not None and record.get("run_id") == self.run_id:
-                error = _recorded_error(record, image)
+                error = recorded_error(record, image)
                 if error is not None:
                     raise error
             archive_note, archive_failed = None, False
@@ -444,7 +416,7 @@ class ImageCache:
                 if loaded is not None:
                     return loaded
                 if self.policy is PullPolicy.NEVER:
-                    raise self._not_present(target, archive_note)
+                    raise not_present_error(target, archive_note)
             try:
                 pulled = pull_image(
                     self.client,
@@ -466,7 +438,7 @@ class ImageCache:
                         )
                         _log.warning("%s: %s", image, fallback)
                         return dataclasses.replace(loaded, note=fallback)
-                error = self._explain(error, target, archive_note)
+                error = explain_error(error, target, archive_note)
                 self._record(state_path, resolved, error=error)
                 raise error from None
             attrs = inspect_image(self.client, pulled.image_id)
@@ -481,9 +453,9 @@ class ImageCache:
             )
             # A bad archived copy was replaced by this pull: say so, it is worth a look.
             replaced = f"pulled instead: {archive_note}" if archive_failed else None
-            return _Outcome(attrs, "pulled", digest, replaced)
+            return Outcome(attrs, "pulled", digest, replaced)
 
-    def _usable(self, target: _Target, state_path: Path, *, always: bool) -> dict[str, Any] | None:
+    def _usable(self, target: Target, state_path: Path, *, always: bool) -> dict[str, Any] | None:
         """The engine's record of the image if it may be used without pulling."""
         attrs = self._present(target, state_path)
         if attrs is None or not always:
@@ -500,34 +472,22 @@ class ImageCache:
             return attrs
         return None
 
-    def _present(self, target: _Target, state_path: Path) -> dict[str, Any] | None:
+    def _present(self, target: Target, state_path: Path) -> dict[str, Any] | None:
         """The engine's record of the image, if the engine has it."""
         resolved, platform = target.resolved, target.platform
         attrs = self._inspect(image_target(resolved), platform)
         if attrs is not None or resolved.digest is None:
             return attrs
         # A digest is found by the image's RepoDigests, which an image loaded from an
-        # archive lacks; the id recorded with the digest (content-addressed, so it names
-        # the same content) finds it instead.
-        known: list[str] = []
-        record = read_json(state_path)
-        if (
-            record is not None
-            and record.get("reference") == str(resolved)
-            and record.get("error") is None
-            and isinstance(record.get("image_id"), str)
-        ):
-            known.append(str(record["image_id"]))
+        # archive lacks; the id the archive's index recorded with the digest (it checked
+        # the tarball it loaded) finds it instead. Never the state file's id: that file
+        # is no proof of content, and must not decide which image a pin runs.
         entry = self._archived_entry(target)
-        if entry is not None and entry.image_id not in known:
-            known.append(entry.image_id)
-        for image_id in known:
-            attrs = self._inspect(image_id, platform)
-            if attrs is not None:
-                return attrs
+        if entry is not None and entry.digest == resolved.digest:
+            return self._inspect(entry.image_id, platform)
         return None
 
-    def _archived_entry(self, target: _Target) -> ArchiveEntry | None:
+    def _archived_entry(self, target: Target) -> ArchiveEntry | None:
         if self.archive is None:
             return None
         try:
@@ -536,7 +496,7 @@ class ImageCache:
             _log.warning("cannot read the image archive %s: %s", self.archive.directory, error)
             return None
 
-    def _load(self, target: _Target, state_path: Path) -> tuple[_Outcome | None, str | None, bool]:
+    def _load(self, target: Target, state_path: Path) -> tuple[Outcome | None, str | None, bool]:
         """Load the image from the archive, if it has it: the outcome; else, for messages,
         what kept the archive from providing it (``None`` without an archive), and whether
         the archive had a copy that failed.
@@ -550,7 +510,7 @@ class ImageCache:
             return None, f"the image archive {self.archive.directory} has no copy of it", False
         try:
             attrs = self.archive.load(self.client, entry)
-            if target.platform is not None and not _matches_platform(attrs, target.platform):
+            if target.platform is not None and not matches_platform(attrs, target.platform):
                 raise ArchiveError(
                     f"the archived image {entry.key} ({entry.path}) is for "
                     f"{attrs.get('Os')}/{attrs.get('Architecture')}, not {target.platform}",
@@ -570,16 +530,18 @@ class ImageCache:
             digest=entry.digest,
             source="loaded",
         )
-        return _Outcome(attrs, "loaded", entry.digest), None, False
+        return Outcome(attrs, "loaded", entry.digest), None, False
 
-    def _tag_loaded(self, target: _Target, attrs: dict[str, Any], entry: ArchiveEntry) -> None:
+    def _tag_loaded(self, target: Target, attrs: dict[str, Any], entry: ArchiveEntry) -> None:
         """Make a loaded image answer to the resolved tag, as a pulled one would.
 
         The tarball restores the tag it was saved with, which names another mirror when
-        the run that saved it used one. A digest needs no tag: it is found by its id.
+        the run that saved it used one, or none when it was saved by id. A pinned tag
+        (``redis:7@sha256:…``) is tagged too: an untagged image is what ``docker image
+        prune`` deletes. A bare digest has no tag to give; it is found by its id.
         """
         resolved = target.resolved
-        if resolved.digest is not None:
+        if resolved.digest is not None and resolved.tag is None:
             return
         tag = resolved.tag or "latest"
         current = inspect_image(self.client, f"{resolved.name}:{tag}")
@@ -595,7 +557,7 @@ class ImageCache:
             ) from error
 
     def _archive_image(
-        self, target: _Target, attrs: dict[str, Any], digest: str, lock_path: Path
+        self, target: Target, attrs: dict[str, Any], digest: str, lock_path: Path
     ) -> str | None:
         """Save the image to the archive unless it has it; what went wrong, if anything."""
         archive = self.archive
@@ -635,7 +597,7 @@ class ImageCache:
             self._archived.add(done)
         return None
 
-    def _save_source(self, target: _Target, image_id: str) -> str:
+    def _save_source(self, target: Target, image_id: str) -> str:
         """What to save: the resolved tag if it names this image (``docker load`` then
         restores it), else the id."""
         resolved = target.resolved
@@ -645,9 +607,9 @@ class ImageCache:
         attrs = inspect_image(self.client, tagged)
         return tagged if attrs is not None and attrs["Id"] == image_id else image_id
 
-    def _digest_of(self, attrs: dict[str, Any], target: _Target, state_path: Path) -> str | None:
+    def _digest_of(self, attrs: dict[str, Any], target: Target, state_path: Path) -> str | None:
         """The registry digest of a present image of ``target``'s tag."""
-        candidates = _repo_digests(attrs, target.resolved)
+        candidates = repo_digests(attrs, target.resolved)
         record = read_json(state_path)
         recorded = None
         if (
@@ -668,53 +630,11 @@ class ImageCache:
             return entry.digest
         return None
 
-    def _not_present(self, target: _Target, archive_note: str | None) -> ImageNotFoundError:
-        image, resolved = target.image, target.resolved
-        pinned = f", pinned to {resolved.digest} by the lock file," if target.pinned else ""
-        message = (
-            f"the image {image} ({resolved}){pinned} is not in the Docker engine and the pull "
-            f"policy is 'never'; pull it first (docker pull {resolved}), or run with "
-            "--container-pull=missing"
-        )
-        if archive_note is not None:
-            message += f"; {archive_note}"
-        return ImageNotFoundError(
-            message,
-            image=image,
-            registry=resolved.registry,
-            reason="not present in the engine",
-            kind="policy",
-        )
-
-    def _explain(
-        self, error: ImagePullError, target: _Target, archive_note: str | None
-    ) -> ImagePullError:
-        """``error`` with what the pin and the archive add to it."""
-        extra = ""
-        if target.pinned and isinstance(error, ImageNotFoundError):
-            extra += (
-                f"; the lock file pins {target.image} to {target.resolved.digest}, which the "
-                "registry may have deleted: run pytest --container-lock=update to pin what "
-                "the tag points to now"
-            )
-        if archive_note is not None:
-            extra += f"; {archive_note}"
-        if not extra:
-            return error
-        return type(error)(
-            error.message + extra,
-            image=error.image,
-            registry=error.registry,
-            reason=error.reason,
-            kind=error.kind,
-            test=error.test,
-        )
-
     def _inspect(self, target: str, platform: str | None) -> dict[str, Any] | None:
         attrs = inspect_image(self.client, target)
         if attrs is None:
             return None
-        if platform is not None and not _matches_platform(attrs, platform):
+        if platform is not None and not matches_platform(attrs, platform):
             return None  # present, but for another platform: pull the right one
         return attrs
 
@@ -728,71 +648,28 @@ class ImageCache:
         source: str | None = None,
         error: ImagePullError | None = None,
     ) -> None:
-        write_json_atomic(
-            state_path,
-            {
-                "run_id": self.run_id,
-                "reference": str(resolved),
-                "image_id": image_id,
-                "digest": digest,
-                "source": source,
-                "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                "error": None
-                if error is None
-                else {
-                    "kind": error.kind,
-                    "message": error.message,
-                    "reason": error.reason,
-                    "registry": error.registry,
-                },
-            },
-        )
-
-
-def _repo_digests(attrs: dict[str, Any], resolved: Reference) -> list[str]:
-    """The registry digests of the image in ``resolved``'s repository, from RepoDigests."""
-    digests = []
-    for entry in attrs.get("RepoDigests") or ():
-        name, _, digest = str(entry).partition("@")
+        """Record an outcome for the other processes of the run. A cache directory that
+        cannot take it (full, read-only) fails nothing by itself: the image is in the
+        engine either way; a failure's own error is raised with what the cache said."""
         try:
-            if parse_reference(name).name == resolved.name and digest not in digests:
-                digests.append(digest)
-        except ImageReferenceError:
-            continue
-    return digests
-
-
-def _matches_platform(attrs: dict[str, Any], platform: str) -> bool:
-    wanted = platform.split("/")
-    have = [str(attrs.get("Os") or ""), str(attrs.get("Architecture") or "")]
-    if len(wanted) > 2 and attrs.get("Variant"):
-        have.append(str(attrs["Variant"]))
-    return wanted[: len(have)] == have
-
-
-def _recorded_error(record: dict[str, object], image: str) -> ImagePullError | None:
-    """The failure another process of this run recorded, as an exception, if any."""
-    error = record.get("error")
-    if not isinstance(error, dict):
-        return None
-    registry = error.get("registry")
-    return make_pull_error(
-        str(error.get("kind") or "permanent"),
-        str(error.get("message") or f"pulling {image} failed earlier in this run"),
-        image=image,
-        registry=str(registry) if registry is not None else "",
-        reason=str(error.get("reason") or ""),
-    )
-
-
-def _copy(error: ImagePullError) -> ImagePullError:
-    # Each waiting thread raises its own instance: one shared instance would pile up
-    # every thread's traceback on itself.
-    return type(error)(
-        error.message,
-        image=error.image,
-        registry=error.registry,
-        reason=error.reason,
-        kind=error.kind,
-        test=error.test,
-    )
+            write_record(
+                state_path,
+                self.run_id,
+                resolved,
+                image_id=image_id,
+                digest=digest,
+                source=source,
+                error=error,
+            )
+        except CacheDirError as problem:
+            if error is None:
+                _log.warning("%s: not recorded: %s", resolved, problem.message)
+                return
+            raise type(error)(
+                f"{error.message} (and the cache could not record it: {problem.message})",
+                image=error.image,
+                registry=error.registry,
+                reason=error.reason,
+                kind=error.kind,
+                test=error.test,
+            ) from None

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_containers._reference import normalize_platform, parse_reference
-from pytest_containers.errors import ContainerError, ImageReferenceError
+from pytest_containers.errors import ImageReferenceError, LockFileError, UnpinnedImageError
 
 if TYPE_CHECKING:
     from pytest_containers._image import Image
@@ -68,22 +68,6 @@ HEADER = (
 # IMAGE, optionally " [PLATFORM]", whitespace, DIGEST. What each part may contain is
 # checked afterwards, by the same functions the cache uses, so the messages can be precise.
 _LINE = re.compile(r"(?P<image>\S+)(?: \[(?P<platform>[^\]\s]*)\])?[ \t]+(?P<digest>\S+)")
-
-
-class LockFileError(ContainerError):
-    """The lock file cannot be read, or a line of it is malformed.
-
-    ``path`` is the file and ``line`` the 1-based line number, when the problem is on one.
-    """
-
-    def __init__(self, message: str, *, path: Path | None = None, line: int | None = None) -> None:
-        super().__init__(message)
-        self.path = path
-        self.line = line
-
-
-class UnpinnedImageError(ContainerError):
-    """An image has no pin in the lock file while pins are required (the strict lock mode)."""
 
 
 @dataclass(frozen=True)

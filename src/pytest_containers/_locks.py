@@ -10,11 +10,13 @@ never half of one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
 import re
+import stat
 import tempfile
 import threading
 import time
@@ -25,13 +27,18 @@ from pathlib import Path
 
 import filelock
 
-from pytest_containers.errors import ContainerError
+from pytest_containers.errors import CacheDirError, ContainerError
 
 __all__ = [
+    "CacheDirError",
+    "check_private_dir",
     "default_cache_dir",
     "ensure_private_dir",
     "exclusive",
+    "io_error",
     "key_path",
+    "open_private",
+    "private_subdir",
     "read_json",
     "write_json_atomic",
 ]
@@ -49,14 +56,96 @@ def default_cache_dir() -> Path:
     return base / "pytest-containers"
 
 
-def ensure_private_dir(path: Path) -> Path:
+_ADVICE = "pass --container-cache-dir to use another directory, or fix its permissions"
+
+
+def _owner(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def _trusted_link(link: Path, info: os.stat_result) -> bool:
+    """A symbolic link among the cache dir's ancestors is harmless when only root or this
+    user could have made it or can change it: owned by one of them, in a directory that
+    no one else may write to (``/home -> /usr/home``, a home directory on another disk)."""
+    if info.st_uid not in (0, os.geteuid()):
+        return False
+    try:
+        parent = os.lstat(link.parent)
+    except OSError:
+        return False
+    return parent.st_uid in (0, os.geteuid()) and not parent.st_mode & 0o022
+
+
+def check_private_dir(path: Path, *, inside: Path | None = None) -> Path:
+    """Refuse a directory that someone else could write to, so that no other local user
+    can plant or replace what the plugin reads and deletes there.
+
+    ``path`` must be a real directory (no symbolic link at it or below ``inside``, the
+    cache directory when ``path`` is a directory in it), owned by the current user and
+    not writable by group or others. A symbolic link among the ancestors is accepted only
+    when root or this user own it and its directory (see :func:`_trusted_link`). Raises
+    :class:`CacheDirError` naming the path, its owner and mode, and what to do.
+    """
+    path = Path(os.path.abspath(path))
+    current = Path(path.anchor)
+    for part in path.parts[1:]:
+        current = current / part
+        try:
+            info = os.lstat(current)
+        except FileNotFoundError:
+            break
+        except OSError as error:
+            raise CacheDirError(
+                f"cannot check the cache directory {path}: {current}: "
+                f"{error.strerror or error}; {_ADVICE}",
+                path=path,
+            ) from error
+        if stat.S_ISLNK(info.st_mode):
+            below = inside is not None and current.is_relative_to(inside)
+            if current == path or below or not _trusted_link(current, info):
+                raise CacheDirError(
+                    f"the cache directory {path} has a symbolic link in its path ({current} "
+                    f"-> {os.readlink(current)}, owned by {_owner(info.st_uid)}); "
+                    "pytest-containers does not follow links there, as whoever controls the "
+                    "link controls what the cache holds: pass --container-cache-dir with a "
+                    "path without links (e.g. its realpath), or remove the link",
+                    path=path,
+                )
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise CacheDirError(f"the cache directory {path} is not a directory; {_ADVICE}", path=path)
+    mode = stat.S_IMODE(info.st_mode)
+    if info.st_uid != os.geteuid():
+        raise CacheDirError(
+            f"the cache directory {path} is owned by {_owner(info.st_uid)}, not by you "
+            f"({_owner(os.geteuid())}), mode {mode:04o}: whoever owns it decides which "
+            "image a test runs; pass --container-cache-dir with a directory of your own",
+            path=path,
+        )
+    if mode & 0o022:
+        raise CacheDirError(
+            f"the cache directory {path} (owned by {_owner(info.st_uid)}) has mode "
+            f"{mode:04o}: group or others may write to it, and so decide which image a "
+            f"test runs; make it private (chmod 700 {path}) or pass --container-cache-dir "
+            "with another directory",
+            path=path,
+        )
+    return path
+
+
+def ensure_private_dir(path: Path, *, inside: Path | None = None) -> Path:
     """Create ``path`` (and its parents) if needed, private to the user, and return it.
 
-    A directory this call creates gets mode ``0700``; an existing one is left as it is.
-    Raises :class:`~pytest_containers.errors.ContainerError` when the directory cannot be
-    created or is not writable.
+    A directory this call creates gets mode ``0700``; an existing one must pass
+    :func:`check_private_dir` (``inside``: the cache directory ``path`` is in). Raises
+    :class:`CacheDirError` when the directory cannot be created, is not writable or
+    cannot be trusted.
     """
-    advice = "pass --container-cache-dir to use another directory, or fix its permissions"
     existed = path.is_dir()
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -65,12 +154,44 @@ def ensure_private_dir(path: Path) -> Path:
             path.chmod(0o700)
     except OSError as error:
         reason = error.strerror or type(error).__name__
-        raise ContainerError(
-            f"cannot create the cache directory {path}: {reason}; {advice}"
+        raise CacheDirError(
+            f"cannot create the cache directory {path}: {reason}; {_ADVICE}", path=path
         ) from error
+    check_private_dir(path, inside=inside)
     if not os.access(path, os.W_OK | os.X_OK):
-        raise ContainerError(f"the cache directory {path} is not writable; {advice}")
+        raise CacheDirError(f"the cache directory {path} is not writable; {_ADVICE}", path=path)
     return path
+
+
+def private_subdir(cache_dir: Path, name: str) -> Path:
+    """``<cache_dir>/<name>``, made private if needed; no link may stand in for it."""
+    return ensure_private_dir(cache_dir / name, inside=cache_dir)
+
+
+def io_error(action: str, path: Path, error: OSError) -> CacheDirError:
+    """A clear error for a failed read or write in the cache directory (``ENOSPC``,
+    ``EROFS``, ``EIO``, a planted link...), naming the file, its directory and what to do."""
+    code = errno.errorcode.get(error.errno or 0, "")
+    reason = f"{error.strerror or error}{f' ({code})' if code else ''}"
+    if error.errno == errno.ELOOP:
+        advice = (
+            "it is a symbolic link, which pytest-containers never follows there; remove it "
+            f"and check who else can write to {path.parent}"
+        )
+    elif error.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = f"free some space on the filesystem of {path.parent}, or {_ADVICE}"
+    else:
+        advice = _ADVICE
+    return CacheDirError(f"cannot {action} {path}: {reason}; {advice}", path=path)
+
+
+def open_private(path: Path, flags: int) -> int:
+    """``os.open`` for a file in the cache directory: never through a symbolic link,
+    never inherited by children, created ``0600``. Raises :class:`CacheDirError`."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        raise io_error("open", path, error) from error
 
 
 def key_path(directory: Path, *parts: str, suffix: str) -> Path:
@@ -151,11 +272,14 @@ def exclusive(lock_path: Path, *, timeout: float, what: str) -> Iterator[None]:
         raise _timed_out(lock_path, timeout, what)
     try:
         remaining = -1.0 if forever else max(deadline - time.monotonic(), 0.0)
-        file_lock = filelock.FileLock(str(lock_path), timeout=remaining)
+        _refuse_odd_file(lock_path)
+        file_lock = filelock.FileLock(str(lock_path), timeout=remaining, mode=0o600)
         try:
             file_lock.acquire()
         except filelock.Timeout:
             raise _timed_out(lock_path, timeout, what) from None
+        except OSError as error:
+            raise io_error("lock", lock_path, error) from error
         gate.owner, gate.depth = me, 1
         try:
             yield
@@ -164,6 +288,24 @@ def exclusive(lock_path: Path, *, timeout: float, what: str) -> Iterator[None]:
             file_lock.release()
     finally:
         gate.lock.release()
+
+
+def _refuse_odd_file(path: Path) -> None:
+    """Raise :class:`CacheDirError` when ``path`` exists and is no regular file (a
+    symbolic link, a directory, a fifo): the plugin made none of those."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise io_error("check", path, error) from error
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a regular file"
+        raise CacheDirError(
+            f"{path} is {kind}, which pytest-containers never made nor follows; remove it "
+            f"and check who else can write to {path.parent}",
+            path=path,
+        )
 
 
 def _timed_out(lock_path: Path, timeout: float, what: str) -> ContainerError:
@@ -180,19 +322,25 @@ def write_json_atomic(path: Path, data: Mapping[str, object]) -> None:
 
     The JSON goes to a temporary file in the same directory, is flushed to disk and then
     renamed over ``path``; on any failure the temporary file is removed and ``path`` is
-    left untouched.
+    left untouched. An I/O error (``ENOSPC``...) raises :class:`CacheDirError`.
     """
     text = json.dumps(dict(data), indent=2, sort_keys=True) + "\n"
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # mkstemp: O_EXCL (so never through a link), mode 0600.
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise io_error("write", path, error) from error
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as stream:
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
+        if isinstance(error, OSError):
+            raise io_error("write", path, error) from error
         raise
     fsync_directory(path.parent)
 
@@ -211,13 +359,17 @@ def read_json(path: Path) -> dict[str, object] | None:
     """The JSON object stored at ``path``, or ``None`` when there is no usable record.
 
     A missing file, and one that is empty, truncated, not JSON or not a JSON object, all
-    read as ``None``; the caller treats that as "no record" and overwrites it. Errors
-    other than absence (e.g. permission denied) propagate.
+    read as ``None``; the caller treats that as "no record" and overwrites it. Other
+    errors (permission denied, a symbolic link) raise :class:`CacheDirError`.
     """
     try:
-        raw = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as error:
+        raise io_error("read", path, error) from error
+    with os.fdopen(fd, "rb") as stream:
+        raw = stream.read()
     try:
         data = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):

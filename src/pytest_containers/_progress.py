@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pytest_containers._build import BuildProgress
@@ -27,10 +27,13 @@ def _megabytes(count: int) -> str:
 
 
 class PullReporter:
-    """Receives :class:`PullProgress` from any thread and writes the occasional line."""
+    """Receives :class:`PullProgress` from any thread and writes the occasional line.
+
+    ``write_line`` may return ``False`` for a line it dropped (nobody was watching): the
+    next event then tries again rather than waiting out the interval."""
 
     def __init__(
-        self, write_line: Callable[[str], None], clock: Callable[[], float] = time.monotonic
+        self, write_line: Callable[[str], Any], clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._write_line = write_line
         self._clock = clock
@@ -55,14 +58,15 @@ class PullReporter:
             last = self._last_line.get(progress.image)
             if elapsed < QUIET_SECONDS or (last is not None and now - last < EVERY_SECONDS):
                 return
-            self._last_line[progress.image] = now
             layers = f"{progress.layers_done}/{progress.layers_total} layers"
             size = ""
             if progress.bytes_total:
                 size = (
                     f", {_megabytes(progress.bytes_current)} of {_megabytes(progress.bytes_total)}"
                 )
-            self._write_line(f"containers: pulling {progress.image}: {layers}{size}")
+            line = f"containers: pulling {progress.image}: {layers}{size}"
+            if self._write_line(line) is not False:
+                self._last_line[progress.image] = now
 
     def build(self, progress: BuildProgress) -> None:
         """Receives a build's progress: its step now and then, and its end if slow."""
@@ -81,5 +85,6 @@ class PullReporter:
                 return
             if not progress.step:
                 return
-            self._last_line[key] = now
-            self._write_line(f"containers: building {progress.image}: {progress.step}")
+            line = f"containers: building {progress.image}: {progress.step}"
+            if self._write_line(line) is not False:
+                self._last_line[key] = now

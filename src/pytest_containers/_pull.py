@@ -8,14 +8,12 @@ pure function :func:`classify_pull_failure`, unit-tested on the engine's own mes
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import random
 import re
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -23,6 +21,7 @@ import docker
 import docker.errors
 import requests
 
+from pytest_containers._engine_stream import EngineStream
 from pytest_containers.errors import ImageNotFoundError, ImagePullError
 
 if TYPE_CHECKING:
@@ -173,12 +172,12 @@ def describe_pull_failure(
         return (
             f"{head}: the pull made no progress for {stall_timeout or 0:g} s and was "
             f"aborted ({reason}); {tries}. Check the network between the Docker engine "
-            "and the registry, or raise the stall timeout."
+            "and the registry, or raise --container-stall-timeout."
         )
     if kind == "transient":
         return (
             f"{head}: {reason}; {tries}. Check that the registry is up and that the Docker "
-            "engine can reach it, or raise the retry budget."
+            "engine can reach it."
         )
     if is_not_found(reason):
         return (
@@ -265,33 +264,6 @@ class _Tracker:
         self.on_progress(self.snapshot(done=done))
 
 
-def _response_of(stream: Iterator[Any]) -> requests.Response | None:
-    # docker-py returns a generator over the HTTP response and keeps no other handle on
-    # it; the generator's frame is the only place to find the response to abort it.
-    frame = getattr(stream, "gi_frame", None)
-    response = frame.f_locals.get("response") if frame is not None else None
-    return response if isinstance(response, requests.Response) else None
-
-
-def _abort(response: requests.Response | None) -> None:
-    """Cut the connection under ``response``: the engine then cancels the pull, and a
-    thread blocked reading it wakes up (close() alone does not wake a blocked recv)."""
-    if response is None:
-        return
-    raw: Any = response.raw
-    sock = None
-    try:
-        sock = raw._fp.fp.raw._sock
-    except AttributeError:
-        sock = getattr(getattr(raw, "_connection", None), "sock", None)
-    if isinstance(sock, socket.socket):
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-    # Best effort: the connection may be half gone already.
-    with contextlib.suppress(Exception):
-        response.close()
-
-
 def inspect_image(client: docker.DockerClient, target: str) -> dict[str, Any] | None:
     """The engine's record of the image ``target`` (a reference or an id), or ``None``."""
     inspect = cast("Callable[[str], dict[str, Any]]", client.api.inspect_image)
@@ -318,24 +290,20 @@ def _attempt(
     # The stream is read in a helper thread so that this one can time out on silence:
     # a blocked socket read has no timeout (docker-py pulls with timeout=None).
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
-    guard = threading.Lock()
-    state: dict[str, Any] = {"response": None, "cancelled": False}
+    stream = EngineStream(client)
 
     def read() -> None:
         try:
-            stream = client.api.pull(
-                ref.name,
-                tag=ref.digest or ref.tag,
-                platform=platform,
-                stream=True,
-                decode=True,
+            entries = stream.open(
+                lambda: client.api.pull(
+                    ref.name,
+                    tag=ref.digest or ref.tag,
+                    platform=platform,
+                    stream=True,
+                    decode=True,
+                )
             )
-            with guard:
-                state["response"] = _response_of(stream)
-                if state["cancelled"]:
-                    _abort(state["response"])
-                    return
-            for entry in stream:
+            for entry in entries:
                 events.put(("entry", entry))
         except BaseException as exc:
             events.put(("error", exc))
@@ -374,11 +342,9 @@ def _attempt(
         finished = True
     finally:
         if not finished:
-            # Before the engine's first byte there is no response to cut yet: the reader
-            # then aborts it as soon as it arrives (see read()).
-            with guard:
-                state["cancelled"] = True
-                _abort(state["response"])
+            # The engine cancels a pull whose client went away; aborted before the
+            # engine answered, the stream is cut as soon as it does.
+            stream.abort()
     attrs = inspect_image(client, image_target(ref))
     if attrs is None:
         raise _Failure("transient", "the engine ended the pull without the image")

@@ -136,6 +136,8 @@ def parse_reference(text: str) -> Reference:
     """
 
     def fail(problem: str, suggestion: str | None = None) -> ImageReferenceError:
+        if suggestion and not _parses(suggestion, text):
+            suggestion = None  # a fix that is still invalid would only send people round
         if suggestion:
             hint = f"write e.g. {suggestion!r} or {_PINNED_EXAMPLE!r}"
         else:
@@ -220,6 +222,16 @@ def _split_registry(name: str) -> tuple[str, str]:
     if first == _LEGACY_HUB:
         first = DOCKER_HUB
     return first, remainder
+
+
+def _parses(suggestion: str, original: str) -> bool:
+    if suggestion == original:
+        return False
+    try:
+        parse_reference(suggestion)
+    except ImageReferenceError:
+        return False
+    return True
 
 
 def _lowercased(name: str, tag: str | None, digest: str | None) -> str:

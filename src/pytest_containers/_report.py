@@ -1,12 +1,15 @@
-"""What the run tells about its images: one line per image in the terminal summary,
-merged across xdist workers, and the lock file's update at the end of the run."""
+"""What the run tells: one line per image in the terminal summary, merged across xdist
+workers, the lock file's update at the end of the run, and a failed test's section with
+the end of each container's log."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from pytest_containers._engine import docker_time
 from pytest_containers._image import Image
 from pytest_containers._lockfile import (
     Pin,
@@ -16,6 +19,10 @@ from pytest_containers._lockfile import (
     read_lockfile,
     write_lockfile,
 )
+from pytest_containers._logs import MAX_LOG_BYTES, read_log_tail
+
+if TYPE_CHECKING:
+    from pytest_containers._containers import Container
 
 #: How an image got into the engine, most telling first: one line per image keeps that.
 _SOURCE_RANK = {"built": 0, "pulled": 1, "loaded": 2, "present": 3}
@@ -74,9 +81,102 @@ def unpinned(images: Iterable[Image], pins: Mapping[str, Pin]) -> list[str]:
     )
 
 
-def update_lockfile(path: Path, images: Iterable[Image]) -> int:
-    """Write the digests this run resolved into the lock file, keeping the other pins.
-    Returns how many pins the file holds."""
-    pins = merge_pins(read_lockfile(path), pins_from_images(images), prune=False)
+@dataclasses.dataclass(frozen=True)
+class LockUpdate:
+    """What an update run did to the lock file: how many pins it holds now, and the keys
+    of pins of images the run did not use, dropped (whole suite) or kept (a selection)."""
+
+    pins: int
+    dropped: tuple[str, ...] = ()
+    kept_unused: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        text = f"updated, {self.pins} pins"
+        if self.dropped:
+            text += (
+                f"; dropped {len(self.dropped)} pin(s) of images the suite no longer uses: "
+                + _some(self.dropped)
+            )
+        if self.kept_unused:
+            text += (
+                f"; kept {len(self.kept_unused)} pin(s) of images this run did not use, as "
+                "only part of the suite ran (a whole-suite update drops unused ones): "
+                + _some(self.kept_unused)
+            )
+        return text
+
+
+def _some(keys: tuple[str, ...], shown: int = 5) -> str:
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
+def update_lockfile(
+    path: Path,
+    images: Iterable[Image],
+    *,
+    whole_suite: bool = False,
+    declared: Iterable[tuple[str, str | None]] = (),
+) -> LockUpdate:
+    """Write the digests this run resolved into the lock file. The other pins are kept,
+    unless ``whole_suite`` ran: then pins of images no test uses any more are dropped
+    (those of ``declared`` images, which collected tests name but which did not run,
+    e.g. skipped ones, are kept)."""
+    existing = read_lockfile(path)
+    pins = merge_pins(existing, pins_from_images(images), prune=False)
+    wanted = {pin_key(image.ref, image.platform) for image in images}
+    for image, platform in declared:
+        try:
+            wanted.add(pin_key(image, platform))
+        except ValueError:
+            continue  # a malformed platform: its test reported it
+    unused = tuple(sorted(key for key in pins if key not in wanted))
+    if whole_suite:
+        for key in unused:
+            del pins[key]
     write_lockfile(path, pins.values())
-    return len(pins)
+    if whole_suite:
+        return LockUpdate(len(pins), dropped=unused)
+    return LockUpdate(len(pins), kept_unused=unused)
+
+
+def report_section(
+    container: Container, *, lines: int, test_started: float | None, kept: bool
+) -> tuple[str, str]:
+    """The title and text of a failed test's section for ``container``: the end of its log,
+    only the part written since ``test_started`` when the container is older than the test
+    (a module-, session- or run-scoped one), and where the whole log is when cut."""
+    created = docker_time(container.attrs.get("Created"))
+    since = test_started if created is not None and test_started is not None else None
+    if since is not None and created is not None and created >= since:
+        since = None  # made for this test: all of its log is the test's
+    title = f"container logs: {container.name} ({container.image.ref})"
+    if since is not None:
+        title += ", written during this test"
+    try:
+        client = container.raw.client
+        if client is None:
+            raise RuntimeError("no engine client")
+        tail = read_log_tail(
+            client.api,
+            container.id,
+            lines=lines,
+            # Room for the note, so that the section stays within the cap.
+            max_bytes=MAX_LOG_BYTES - 1024,
+            since=since,
+        )
+    except Exception as error:  # the container may be gone; say so, don't crash
+        return title, f"(logs unavailable: {error})"
+    if not tail.truncated:
+        return title, tail.text or "(no output)"
+    where = (
+        f"docker logs {container.name} (the container is kept)"
+        if kept
+        else f"docker logs {container.name} while the container exists; "
+        "--container-keep=failed keeps it after the test"
+    )
+    note = (
+        f"[earlier output left out: the last {lines} lines, at most "
+        f"{MAX_LOG_BYTES // 1024} KiB, are shown; the whole log: {where}]\n"
+    )
+    return title, note + tail.text

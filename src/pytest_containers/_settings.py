@@ -7,14 +7,62 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from typing import TypeVar
 
 from pytest_containers._reference import parse_mirror
 
-PULL_POLICIES = ("missing", "always", "never")
-KEEP_POLICIES = ("never", "failed", "always")
-UNAVAILABLE_POLICIES = ("error", "skip")
-LOCK_MODES = ("auto", "update", "strict")
+
+class Choice(str, Enum):
+    """A setting with a fixed set of values. A member is its value: it compares equal to
+    it (``PullPolicy.NEVER == "never"``) and prints as it, in messages and the header."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class PullPolicy(Choice):
+    """When to pull: ``missing`` (only images the engine lacks), ``always`` (once per
+    run, shared by all its workers) or ``never`` (fail if the engine lacks the image)."""
+
+    MISSING = "missing"
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+class KeepPolicy(Choice):
+    """Which containers outlive their tests, for debugging."""
+
+    NEVER = "never"
+    FAILED = "failed"
+    ALWAYS = "always"
+
+
+class LockMode(Choice):
+    """What the lock file does: run its pins (``auto``), rewrite it (``update``), or
+    require a pin for every image (``strict``)."""
+
+    AUTO = "auto"
+    UPDATE = "update"
+    STRICT = "strict"
+
+
+class UnavailableAction(Choice):
+    """What a test that needs an engine does when none answers."""
+
+    ERROR = "error"
+    SKIP = "skip"
+
+
+_C = TypeVar("_C", bound=Choice)
+_T = TypeVar("_T")
+
+
+def _values(choice: type[Choice]) -> tuple[str, ...]:
+    return tuple(member.value for member in choice)
+
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -57,7 +105,7 @@ OPTIONS = (
         "pulls each image once per run (shared by all xdist workers), 'never' fails when "
         "an image is missing",
         metavar="POLICY",
-        choices=PULL_POLICIES,
+        choices=_values(PullPolicy),
     ),
     Option(
         "mirror",
@@ -83,7 +131,7 @@ OPTIONS = (
         "the file exists and warns about unpinned images, 'update' writes the digests this "
         "run resolved, 'strict' fails a test whose image is not pinned",
         metavar="MODE",
-        choices=LOCK_MODES,
+        choices=_values(LockMode),
     ),
     Option(
         "lockfile",
@@ -102,14 +150,22 @@ OPTIONS = (
         "(those of failed tests) or 'always'; kept ones are listed with the command that "
         "removes them",
         metavar="WHEN",
-        choices=KEEP_POLICIES,
+        choices=_values(KeepPolicy),
     ),
     Option(
         "unavailable",
         "when no Docker engine answers: 'error' (default) fails the tests that need one, "
         "'skip' skips them; other tests run either way",
         metavar="ACTION",
-        choices=UNAVAILABLE_POLICIES,
+        choices=_values(UnavailableAction),
+    ),
+    Option(
+        "host",
+        "the address tests dial to reach containers' published ports (default: found "
+        "from the engine: 127.0.0.1 for a local one, the engine's host for a remote one, "
+        "the containers' own addresses when the tests run in a container of the engine); "
+        "TESTCONTAINERS_HOST_OVERRIDE is read too",
+        metavar="ADDRESS",
     ),
     Option(
         "timeout",
@@ -121,6 +177,37 @@ OPTIONS = (
         "abort a pull that makes no progress for this many seconds (default: 120)",
         metavar="SECONDS",
     ),
+    Option(
+        "log_lines",
+        "how many of the last lines of each container's log a failed test's report shows, "
+        "at most 64 KiB of them (default: 200; 0 shows none)",
+        metavar="LINES",
+    ),
+    Option(
+        "lookahead",
+        "while a test runs, create and start the function-scoped containers of the next N "
+        "tests this process runs, so that they wait less (default: 1; 0 turns it off)",
+        metavar="N",
+    ),
+    Option(
+        "reuse",
+        "keep the containers declared with reuse=True after the run, for the next run with "
+        "an identical declaration (for local development; off by default, so CI never "
+        "reuses by accident)",
+        is_flag=True,
+    ),
+    Option(
+        "reuse_ttl",
+        "remove reused containers idle longer than this, at the start of a later run: "
+        "seconds, or with a unit, e.g. 90s, 30m, 1h (default: 1h)",
+        metavar="DURATION",
+    ),
+    Option(
+        "engine_grace",
+        "seconds to wait for a Docker engine that stops answering mid-run (a restart) "
+        "before the tests that need it fail (default: 10)",
+        metavar="SECONDS",
+    ),
 )
 
 
@@ -128,70 +215,128 @@ OPTIONS = (
 class Settings:
     """The resolved settings of one pytest process."""
 
-    pull: str = "missing"
+    pull: PullPolicy = PullPolicy.MISSING
     mirror: str | None = None
     #: None means the default, ~/.cache/pytest-containers (see _locks.default_cache_dir).
     cache_dir: Path | None = None
     prefetch: bool = True
-    lock: str = "auto"
+    lock: LockMode = LockMode.AUTO
     lockfile: Path | None = None
     archive: Path | None = None
-    keep: str = "never"
-    unavailable: str = "error"
+    keep: KeepPolicy = KeepPolicy.NEVER
+    unavailable: UnavailableAction = UnavailableAction.ERROR
+    #: None: decided from the engine (see _engine.access_for).
+    host: str | None = None
     timeout: float = 60.0
     stall_timeout: float = 120.0
+    log_lines: int = 200
+    engine_grace: float = 10.0
+    lookahead: int = 1
+    #: reuse=True takes effect (see _reuse.py); idle reused containers expire after ttl.
+    reuse: bool = False
+    reuse_ttl: float = 3600.0
 
 
-def _seconds(option: Option, text: str) -> float:
+def _seconds(option: Option, text: str, where: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = -1.0
     if not value > 0:
-        raise SettingError(f"{option.flag}: expected a positive number of seconds, got {text!r}")
+        raise SettingError(f"{where}: expected a positive number of seconds, got {text!r}")
     return value
 
 
-def _choice(option: Option, text: str) -> str:
-    value = text.strip().lower()
-    if value not in option.choices:
-        valid = ", ".join(repr(choice) for choice in option.choices)
-        raise SettingError(f"{option.flag}: invalid value {text!r}; choose one of {valid}")
+def _count(option: Option, text: str, where: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise SettingError(f"{where}: expected a whole number (0 or more), got {text!r}")
     return value
 
 
-def _flag(option: Option, text: str) -> bool:
+def _choice(kind: type[_C]) -> Callable[[Option, str, str], _C]:
+    def parse(option: Option, text: str, where: str) -> _C:
+        value = text.strip().lower()
+        if value not in option.choices:
+            valid = ", ".join(repr(choice) for choice in option.choices)
+            raise SettingError(f"{where}: invalid value {text!r}; choose one of {valid}")
+        return kind(value)
+
+    return parse
+
+
+def _flag(option: Option, text: str, where: str) -> bool:
     value = text.strip().lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
         return False
-    raise SettingError(f"{option.ini} / {option.env}: expected true or false, got {text!r}")
+    raise SettingError(f"{where}: expected true or false, got {text!r}")
 
 
-def _mirror(option: Option, text: str) -> str | None:
+def _duration(option: Option, text: str, where: str) -> float:
+    from pytest_containers._reuse import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise SettingError(f"{where}: {error}") from None
+
+
+def _mirror(option: Option, text: str, where: str) -> str | None:
     if not text.strip():
         return None
     try:
         parse_mirror(text.strip())
     except ValueError as error:
-        raise SettingError(f"{option.flag}: {error}") from None
+        raise SettingError(f"{where}: {error}") from None
     return text.strip().rstrip("/")
 
 
-_PARSERS: dict[str, Callable[[Option, str], object]] = {
-    "pull": _choice,
-    "mirror": _mirror,
-    "cache_dir": lambda _option, text: Path(text).expanduser(),
-    "prefetch": _flag,
-    "lock": _choice,
-    "lockfile": lambda _option, text: Path(text).expanduser(),
-    "archive": lambda _option, text: Path(text).expanduser(),
-    "keep": _choice,
-    "unavailable": _choice,
-    "timeout": _seconds,
-    "stall_timeout": _seconds,
-}
+def _path(option: Option, text: str, where: str) -> Path:
+    return Path(text).expanduser()
+
+
+def _host(option: Option, text: str, where: str) -> str | None:
+    return text.strip() or None
+
+
+class _Sources:
+    """Where each option's text comes from: the command line, then the environment,
+    then the ini file. Records what was asked, so no option goes unresolved."""
+
+    def __init__(
+        self,
+        cli: Mapping[str, object | None],
+        ini: Mapping[str, str | None],
+        environ: Mapping[str, str],
+    ) -> None:
+        self._cli = cli
+        self._ini = ini
+        self._environ = environ
+        self._options = {option.name: option for option in OPTIONS}
+        self.asked: set[str] = set()
+
+    def get(self, name: str, parse: Callable[[Option, str, str], _T], default: _T) -> _T:
+        """The option's value, parsed, or ``default`` when none was given."""
+        self.asked.add(name)
+        option = self._options[name]
+        given = self._cli.get(name)
+        if given is not None:
+            # A flag arrives as a bool, and is parsed as its text like any other value.
+            text = ("true" if given else "false") if isinstance(given, bool) else str(given)
+            where = option.flag
+        elif self._environ.get(option.env):
+            # A bad value is reported under the name it was given by, so it can be found.
+            text, where = self._environ[option.env], f"environment variable {option.env}"
+        elif self._ini.get(name):
+            text, where = str(self._ini[name]), f"ini option {option.ini}"
+        else:
+            return default
+        return parse(option, text, where)
 
 
 def resolve_settings(
@@ -201,19 +346,28 @@ def resolve_settings(
 ) -> Settings:
     """Resolve every option: CLI value (``None`` when not given), then environment, then
     ini value, then the default. Raises :class:`SettingError` on an invalid value."""
-    values: dict[str, object] = {}
-    for option in OPTIONS:
-        given = cli.get(option.name)
-        if given is not None:
-            if isinstance(given, bool):
-                values[option.name] = given
-                continue
-            text = str(given)
-        elif environ.get(option.env):
-            text = environ[option.env]
-        elif ini.get(option.name):
-            text = str(ini[option.name])
-        else:
-            continue
-        values[option.name] = _PARSERS[option.name](option, text)
-    return Settings(**values)  # type: ignore[arg-type]
+    given = _Sources(cli, ini, environ)
+    default = Settings()
+    settings = Settings(
+        pull=given.get("pull", _choice(PullPolicy), default.pull),
+        mirror=given.get("mirror", _mirror, default.mirror),
+        cache_dir=given.get("cache_dir", _path, default.cache_dir),
+        prefetch=given.get("prefetch", _flag, default.prefetch),
+        lock=given.get("lock", _choice(LockMode), default.lock),
+        lockfile=given.get("lockfile", _path, default.lockfile),
+        archive=given.get("archive", _path, default.archive),
+        keep=given.get("keep", _choice(KeepPolicy), default.keep),
+        unavailable=given.get("unavailable", _choice(UnavailableAction), default.unavailable),
+        host=given.get("host", _host, default.host),
+        timeout=given.get("timeout", _seconds, default.timeout),
+        stall_timeout=given.get("stall_timeout", _seconds, default.stall_timeout),
+        log_lines=given.get("log_lines", _count, default.log_lines),
+        engine_grace=given.get("engine_grace", _seconds, default.engine_grace),
+        lookahead=given.get("lookahead", _count, default.lookahead),
+        reuse=given.get("reuse", _flag, default.reuse),
+        reuse_ttl=given.get("reuse_ttl", _duration, default.reuse_ttl),
+    )
+    unresolved = {option.name for option in OPTIONS} - given.asked
+    if unresolved:  # a new Option needs its line above, and a Settings field
+        raise AssertionError(f"options never resolved: {sorted(unresolved)}")
+    return settings

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_containers._settings import Settings
+from pytest_containers._settings import LockMode, Settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from pytest_containers._lockfile import Pin
     from pytest_containers._manager import ContainerManager
     from pytest_containers._pull import PullProgress
+    from pytest_containers._report import LockUpdate
+    from pytest_containers._terminal import ProgressListener, TerminalLines
 
 
 @dataclass
@@ -43,17 +45,33 @@ class PluginState:
     #: Containers kept by --container-keep (this process's and, on the controller,
     #: the workers'): id, name, image.
     kept: list[dict[str, object]] = field(default_factory=list)
+    #: What the start-up sweeps removed (this process's and, on the controller, the
+    #: workers'), as records of _cleanup.RemovedRun.
+    swept: list[dict[str, object]] = field(default_factory=list)
+    #: Containers leased for reuse (this process's and, on the controller, the
+    #: workers'), and the reused ones the start-up sweeps removed (see _reuse.py).
+    reused: list[dict[str, object]] = field(default_factory=list)
+    reuse_swept: list[str] = field(default_factory=list)
+    #: What the end of the run could not remove, one message each.
+    cleanup_errors: list[str] = field(default_factory=list)
     #: The controller's hold on the run's lock under xdist (see _cleanup.hold_run).
     run_hold: RunHold | None = None
     #: The lock file, whether it exists, and its pins (by _lockfile.pin_key).
     lockfile: Path | None = None
     lockfile_exists: bool = False
     pins: dict[str, Pin] = field(default_factory=dict)
-    #: Pins written at the end of an update run, for the summary.
-    pins_written: int | None = None
+    #: What the end of an update run did to the lock file, for the summary.
+    lock_update: LockUpdate | None = None
+    #: False when only part of the suite runs (-k, -m, node ids, deselection, an early
+    #: stop): an update run then keeps the pins of images it did not use.
+    whole_suite: bool = True
     #: Called with pull progress; None where nobody watches (xdist workers, ``-q``).
     on_progress: Callable[[PullProgress], None] | None = None
     on_build_progress: Callable[[BuildProgress], None] | None = None
+    #: This process's progress lines on the terminal (not on workers, not with -q).
+    terminal_lines: TerminalLines | None = None
+    #: On the xdist controller: where the workers' progress lines arrive.
+    progress_listener: ProgressListener | None = None
     _manager: ContainerManager | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -74,7 +92,7 @@ class PluginState:
                     on_progress=self.on_progress,
                     on_build_progress=self.on_build_progress,
                     # An update run resolves the tags afresh; the others run the pins.
-                    pins=None if self.settings.lock == "update" else self.pins,
+                    pins=None if self.settings.lock is LockMode.UPDATE else self.pins,
                 )
             return self._manager
 

@@ -6,7 +6,15 @@ the container, the test) so that a message can say what went wrong and what to d
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 __all__ = [
+    "ArchiveError",
+    "CacheDirError",
     "ContainerError",
     "ContainerStartupError",
     "EngineUnavailableError",
@@ -14,7 +22,12 @@ __all__ = [
     "ImageNotFoundError",
     "ImagePullError",
     "ImageReferenceError",
+    "LockFileError",
+    "NetworkError",
     "PortNotPublishedError",
+    "ServiceError",
+    "ServiceStartError",
+    "UnpinnedImageError",
 ]
 
 
@@ -43,6 +56,31 @@ class ContainerError(Exception):
         if self.test:
             return f"{self.test}: {self.message}"
         return self.message
+
+    def for_test(self, test: str, *, image: str | None = None) -> Self:
+        """A copy that names ``test`` (and ``image``, when this error names none): one
+        error object may reach several tests (a missing engine is found once), and each
+        must name itself. A plain copy would call ``__init__`` again, whose keywords
+        differ from class to class."""
+        clone = type(self).__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.args = self.args
+        clone.test = test
+        if clone.image is None:
+            clone.image = image
+        return clone
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's own reduce calls the class with ``args`` only, which fails for the
+        # errors with keyword-only data (``path=``): rebuild without calling __init__,
+        # then restore every attribute. copy.copy and pickle both go through here.
+        return (_rebuild, (type(self), self.args), self.__dict__)
+
+
+def _rebuild(cls: type[ContainerError], args: tuple[Any, ...]) -> ContainerError:
+    error = cls.__new__(cls)
+    error.args = args
+    return error
 
 
 class ImageReferenceError(ContainerError, ValueError):
@@ -135,3 +173,69 @@ class ContainerStartupError(ContainerError):
 
 class PortNotPublishedError(ContainerError, LookupError):
     """A port was asked of a container that does not publish it."""
+
+
+class NetworkError(ContainerError):
+    """A network could not be created or removed, or a container is not on the network
+    asked about; ``network`` is its name as the test declared it."""
+
+    def __init__(self, message: str, *, network: str | None = None, **context: str | None) -> None:
+        super().__init__(message, **context)
+        self.network = network
+
+
+class LockFileError(ContainerError):
+    """The lock file cannot be read, or a line of it is malformed.
+
+    ``path`` is the file and ``line`` the 1-based line number, when the problem is on one.
+    """
+
+    def __init__(self, message: str, *, path: Path | None = None, line: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.line = line
+
+
+class UnpinnedImageError(ContainerError):
+    """An image has no pin in the lock file while pins are required (the strict lock mode)."""
+
+
+class CacheDirError(ContainerError):
+    """The cache directory, or a file in it, cannot be trusted or used.
+
+    ``path`` is the directory or file concerned.
+    """
+
+    def __init__(self, message: str, *, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class ArchiveError(ContainerError):
+    """An image archive could not be written, or a tarball in it cannot be used.
+
+    ``path`` is the tarball (or the directory) concerned; ``corrupt`` is true when the
+    tarball itself is at fault (unreadable, another image, refused by the engine), false
+    when something else failed (the engine's connection, a file system error).
+    """
+
+    def __init__(
+        self, message: str, *, path: Path, image: str | None = None, corrupt: bool = False
+    ) -> None:
+        super().__init__(message, image=image)
+        self.path = path
+        self.corrupt = corrupt
+
+
+class ServiceError(ValueError):
+    """A service declaration that cannot be used; the message names the service (or the
+    ini line) and says what to write instead."""
+
+
+class ServiceStartError(ContainerError):
+    """A service did not start: its name, image, the wait that failed and the last lines
+    of its logs are in the message."""
+
+    def __init__(self, message: str, *, service: str, image: str | None = None) -> None:
+        super().__init__(message, image=image)
+        self.service = service

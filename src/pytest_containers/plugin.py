@@ -1,207 +1,89 @@
 """pytest hooks and options of pytest-containers.
 
-Hooks only: fixtures live in fixtures.py, and the work (pulls, containers, waits) in the
-core modules, which know nothing of pytest. Nothing here touches Docker, or even imports
-docker-py, until a collected test declares a container.
+Hooks only, each handing over to the module that owns the work: options, state and the
+session's start and end in _session.py, lookahead in _lookahead.py, what pytest prints in
+_reporting.py, services in _service_hooks.py, fixtures in fixtures.py. Nothing here
+touches Docker, or even imports docker-py, until a collected test declares a container.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import uuid
+import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_containers import _lookahead, _reporting, _session
 from pytest_containers._markers import MarkerError, declarations, declarations_key
-from pytest_containers._settings import OPTIONS, SettingError, Settings, resolve_settings
-from pytest_containers._state import PluginState, plugin_state, state_key
-from pytest_containers.errors import ContainerError
+from pytest_containers._state import plugin_state
 from pytest_containers.fixtures import (
+    _container_marker,  # noqa: F401  (autouse: pytest finds it in this namespace)
     container,
     container_client,
     container_factory,
+    container_services,
     containers,
     fixture_images,
+    record_fixture_values,
     used_containers_key,
 )
 
 if TYPE_CHECKING:
-    from pytest_containers._image import Image
+    from pytest_containers._containers import Container
 
-__all__ = ["container", "container_client", "container_factory", "containers"]
+# The fixtures, registered by being in this module.
+__all__ = ["container", "container_client", "container_factory", "container_services", "containers"]
 
 MARKER_HELP = (
     "container(image, *more_images, name=None, ports=(), env=None, command=None, "
     "wait=None, scope='function', ...): run the test with a ready container of the image; "
     "several images parametrize the test. See the pytest-containers README."
 )
-_WORKER_IMAGES = "pytest_containers_images"
-_WORKER_USED = "pytest_containers_used"
-_WORKER_KEPT = "pytest_containers_kept"
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from pytest_containers import newhooks
+
+    pluginmanager.add_hookspecs(newhooks)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("containers", "container images and containers (pytest-containers)")
-    for option in OPTIONS:
-        help_text = f"{option.help} [env {option.env}, ini {option.ini}]"
-        if option.is_flag:
-            group.addoption(
-                option.flag, action="store_true", dest=option.dest, default=None, help=help_text
-            )
-            group.addoption(
-                "--no-" + option.flag[2:],
-                action="store_false",
-                dest=option.dest,
-                default=None,
-                help=f"turn off {option.flag}",
-            )
-        else:
-            group.addoption(
-                option.flag, dest=option.dest, default=None, metavar=option.metavar, help=help_text
-            )
-        parser.addini(option.ini, help=option.help, default=None)
-    group.addoption(
-        "--container-prune",
-        action="store_true",
-        default=False,
-        help="remove what dead pytest runs left on this engine (containers, networks, "
-        "volumes of runs of this host that nobody holds any more, kept ones too) and older "
-        "builds of this project's contexts, then exit",
-    )
+    _session.add_options(parser)
 
 
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
-    if not config.getoption("container_prune"):
+    if config.getoption("container_doctor"):
+        from pytest_containers._doctor import run_doctor
+
+        return run_doctor(_session.settings_of(config), print)
+    prune = config.getoption("container_prune")
+    if not prune:
         return None
-    from pytest_containers._cleanup import sweep_dead_runs
-    from pytest_containers._engine import connect
-    from pytest_containers._locks import default_cache_dir, ensure_private_dir
+    from pytest_containers._prune import run_prune
 
-    settings = _settings(config)
-    try:
-        client = connect()
-        cache_dir = ensure_private_dir(settings.cache_dir or default_cache_dir())
-    except ContainerError as error:
-        print(f"pytest-containers: {error}")
-        return int(pytest.ExitCode.USAGE_ERROR)
-    result = sweep_dead_runs(client, cache_dir, own_run_id=None, spare_kept=False)
-    for line in result.describe() or ["nothing to remove"]:
-        print(f"pytest-containers: {line}")
-    from pytest_containers._build import PRUNE_KEEP_NEWEST, PRUNE_OLDER_THAN, prune_stale_builds
-
-    # Builds of this project (contexts under the rootdir): the newest of each stays.
-    pruned = prune_stale_builds(
-        client, keep_newest=PRUNE_KEEP_NEWEST, older_than=PRUNE_OLDER_THAN, under=config.rootpath
-    )
-    print(f"pytest-containers: removed {len(pruned)} stale built image(s)")
-    return int(pytest.ExitCode.OK if not result.errors else pytest.ExitCode.TESTS_FAILED)
-
-
-def _settings(config: pytest.Config) -> Settings:
-    try:
-        return resolve_settings(
-            cli={option.name: config.getoption(option.dest) for option in OPTIONS},
-            ini={option.name: config.getini(option.ini) for option in OPTIONS},
-            environ=os.environ,
-        )
-    except SettingError as error:
-        raise pytest.UsageError(str(error)) from None
+    settings = _session.settings_of(config)
+    return run_prune(settings, config.rootpath, every=prune == "all", say=print)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
-    settings = _settings(config)
-    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
-    if workerinput is not None:
-        run_id, worker = str(workerinput["testrunuid"]), str(workerinput["workerid"])
-    else:
-        run_id = getattr(config.option, "testrunuid", None) or uuid.uuid4().hex
-        worker = "main"
-    state = PluginState(
-        settings=settings,
-        run_id=run_id,
-        worker=worker,
-        is_worker=workerinput is not None,
-        whole_run=workerinput is None,
-    )
-    _read_lockfile(config, state)
-    config.stash[state_key] = state
+    _session.configure_state(config)
     if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(XdistHooks(), "containers-xdist")
+        config.pluginmanager.register(_session.XdistHooks(), "containers-xdist")
+    from pytest_containers._service_hooks import ServiceHooks, services_key
+
+    config.stash[services_key] = ServiceHooks()
+    config.pluginmanager.register(config.stash[services_key], "containers-services")
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
-    config = session.config
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and config.get_verbosity() >= 0:
-        from pytest_containers._progress import PullReporter
-
-        progress = PullReporter(reporter.write_line)
-        plugin_state(config).on_progress = progress
-        plugin_state(config).on_build_progress = progress.build
-
-
-def _read_lockfile(config: pytest.Config, state: PluginState) -> None:
-    """Find the lock file and read its pins now, so that a broken one stops the run at
-    once rather than failing every test."""
-    from pytest_containers._lockfile import DEFAULT_LOCKFILE, LockFileError, read_lockfile
-
-    path = state.settings.lockfile or config.rootpath / DEFAULT_LOCKFILE
-    state.lockfile = path
-    state.lockfile_exists = path.is_file()
-    if state.lockfile_exists and state.settings.lock != "update":
-        try:
-            state.pins = read_lockfile(path)
-        except LockFileError as error:
-            raise pytest.UsageError(str(error)) from None
-
-
-class XdistHooks:
-    """Hooks that exist only when pytest-xdist is installed."""
-
-    @pytest.hookimpl
-    def pytest_configure_node(self, node: Any) -> None:
-        # The controller adopts xdist's run id, so that its labels match the workers'.
-        state = plugin_state(node.config)
-        state.run_id = str(node.workerinput["testrunuid"])
-        if state.run_hold is None:
-            # Held for the whole run, so that a worker's death never looks like the run's
-            # (its watchdog would remove the run-scoped containers). A file lock, no Docker.
-            from pytest_containers._cleanup import hold_run
-            from pytest_containers._locks import default_cache_dir, ensure_private_dir
-
-            with contextlib.suppress(ContainerError, OSError):
-                cache_dir = ensure_private_dir(state.settings.cache_dir or default_cache_dir())
-                state.run_hold = hold_run(cache_dir, state.run_id)
-
-    @pytest.hookimpl
-    def pytest_testnodedown(self, node: Any, error: object) -> None:
-        output = getattr(node, "workeroutput", {}) or {}
-        state = plugin_state(node.config)
-        state.worker_images.extend(output.get(_WORKER_IMAGES, []))
-        state.kept.extend(output.get(_WORKER_KEPT, []))
-        # A worker that died (error) may have left containers its watchdog had to chase.
-        if output.get(_WORKER_USED) or error is not None:
-            state.needs_run_cleanup = True
+    _session.show_progress(session.config)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    from pytest_containers._engine import describe_engine
-
-    state = plugin_state(config)
-    settings = state.settings
-    mirror = f", mirror {settings.mirror}" if settings.mirror else ""
-    if state.lockfile_exists or settings.lock != "auto":
-        pins = f"{len(state.pins)} pins" if state.lockfile_exists else "not there yet"
-        lock = f", lock file {state.lockfile} ({pins}, {settings.lock})"
-    else:
-        lock = ""
-    archive = f", archive {settings.archive}" if settings.archive else ""
-    return [f"containers: {describe_engine()}, pull {settings.pull}{mirror}{lock}{archive}"]
+    return _reporting.header_lines(config)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -227,21 +109,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for needed in fixture_images(item):
             state.declared_images.setdefault(needed, None)
         declared = item.stash[declarations_key] = declarations(item)
-        if not declared:
-            continue
-        # A marked test gets its containers even when it asks for no fixture.
-        fixturenames: list[str] = getattr(item, "fixturenames", [])
-        if "containers" not in fixturenames:
-            fixturenames.append("containers")
-        callspec = getattr(item, "callspec", None)
         for declaration in declared:
             if declaration.build is not None:
                 continue  # built on first use, not prefetched
-            image = declaration.images[0]
-            if callspec is not None and declaration.param in callspec.params:
-                image = callspec.params[declaration.param]
+            image = declaration.image_for(item)
             platform = dict(declaration.kwargs).get("platform")
             state.declared_images.setdefault((image, platform), None)
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    if items:
+        plugin_state(items[0].config).whole_suite = False
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -250,99 +128,65 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         state.manager().prefetch(list(state.declared_images))
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    item.stash[_reporting.test_started_key] = time.time()
+    # The next test's containers start now, while this one's own (started ahead) gets
+    # ready: two starts in flight use the engine's concurrency when tests are short.
+    _lookahead.start_upcoming(item)
+    try:
+        return (yield)
+    finally:
+        record_fixture_values(item)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if report.failed:
-        state = plugin_state(item.config)
-        for used in item.stash.get(used_containers_key, []):
-            if state.has_manager:
-                state.manager().mark_failed(used)
-            try:
-                logs = used.logs()
-            except Exception as error:  # the container may be gone; say so, don't crash
-                logs = f"(logs unavailable: {error})"
-            report.sections.append((f"container logs: {used.name} ({used.image.ref})", logs))
+    _reporting.complete_report(item, call, report)
     return report
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    state = plugin_state(session.config)
-    if state.has_manager:
-        manager = state.manager()
-        manager.close()
-        state.kept.extend(_kept_record(c) for c in manager.kept.values())
-        if state.is_worker:
-            workeroutput = session.config.workeroutput  # type: ignore[attr-defined]
-            from pytest_containers._report import image_record
-
-            workeroutput[_WORKER_IMAGES] = [image_record(i) for i in manager.resolved_images()]
-            # The controller cleans up after the run only where something may be left.
-            workeroutput[_WORKER_USED] = manager.used_run_scope
-            workeroutput[_WORKER_KEPT] = state.kept
-    if state.has_manager and not state.is_worker and state.manager().used_run_scope:
-        state.needs_run_cleanup = True
-    if not state.is_worker and (state.needs_run_cleanup or state.kept):
-        # The whole run ends here: run-scoped containers, and any a dead worker left.
-        with contextlib.suppress(ContainerError):
-            manager = state.manager()
-            manager.remove_run_containers(keep=[str(k["id"]) for k in state.kept])
-            if state.kept:
-                from pytest_containers._cleanup import mark_kept
-
-                mark_kept(manager.cache_dir, state.run_id, [str(k["name"]) for k in state.kept])
-    if state.whole_run and state.settings.lock == "update" and state.lockfile is not None:
-        images = _run_images(state)
-        if images:
-            from pytest_containers._report import update_lockfile
-
-            state.pins_written = update_lockfile(state.lockfile, images)
-    if state.has_manager:
-        state.manager().stop_guard()
-    if state.run_hold is not None:
-        state.run_hold.release()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    _lookahead.note_upcoming(item, nextitem)
+    try:
+        return (yield)
+    finally:
+        _lookahead.drop_untaken(item)
 
 
-def _kept_record(container: Any) -> dict[str, object]:
-    return {"id": container.id, "name": container.name, "image": container.image.ref}
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """A test that failed because the engine went away, or because one of its containers
+    was killed or removed from outside, fails with one line that says so."""
+    # Again here for the process's first test: at its setup no engine was reached yet.
+    _lookahead.start_upcoming(item)
+    try:
+        return (yield)
+    except Exception as error:
+        state = plugin_state(item.config)
+        if not state.has_manager:
+            raise
+        used: list[Container] = item.stash.get(used_containers_key, [])
+        fault = state.manager().fault(error, used)
+        if fault is None:
+            raise
+        fault.test = item.nodeid
+        raise pytest.fail.Exception(f"{type(fault).__name__}: {fault}", pytrace=False) from None
 
 
-def _run_images(state: PluginState) -> list[Image]:
-    """Every image the run resolved, this process's and its workers', one per reference."""
-    from pytest_containers._report import image_from_record, merge_images
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _session.finish_session(session, exitstatus)
 
-    images = state.resolved_images()
-    images += [image_from_record(record) for record in state.worker_images]
-    return merge_images(images)
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _session.unconfigure(config)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    state = plugin_state(config)
-    if state.kept:
-        terminalreporter.section("containers: kept for debugging", sep="-")
-        for kept in state.kept:
-            terminalreporter.write_line(f"{kept['name']}  ({kept['image']})")
-        names = " ".join(str(kept["name"]) for kept in state.kept)
-        terminalreporter.write_line(f"remove them with: docker rm -f {names}")
-    if not state.has_manager and not state.worker_images:
-        return
-    from pytest_containers._report import summary_lines, unpinned
-
-    images = _run_images(state)
-    if not images:
-        return
-    terminalreporter.section("containers: images", sep="-")
-    for line in summary_lines(images):
-        terminalreporter.write_line(line)
-    if state.pins_written is not None:
-        terminalreporter.write_line(f"{state.lockfile}: updated, {state.pins_written} pins")
-    elif state.lockfile_exists:
-        loose = unpinned(images, state.pins)
-        if loose:
-            terminalreporter.write_line(
-                f"not pinned in {state.lockfile}: {', '.join(loose)}; pin them with "
-                "pytest --container-lock=update",
-                yellow=True,
-            )
+    _reporting.terminal_summary(terminalreporter, config)

@@ -1,13 +1,14 @@
 """Wait strategies: how to tell that a started container is ready for a test.
 
-A strategy is handed the running :class:`~pytest_containers._containers.Container` and a
-deadline (a :func:`time.monotonic` value) and returns once the container is ready, or raises
+A strategy is handed the running container, seen as a :class:`WaitTarget` (the few
+things a strategy may use of it: inspect data, published ports, exec, logs), and a deadline
+(a :func:`time.monotonic` value), and returns once the container is ready, or raises
 :class:`WaitFailed` saying why it never will be. Every strategy also watches the container
 itself: when it exits, dies or is OOM-killed while being waited for, the wait fails at once
 instead of running into its timeout.
 
 Strategies are frozen dataclasses, so equal declarations compare and hash equal and a
-:class:`~pytest_containers._containers.ContainerSpec` holding one stays shareable.
+:class:`~pytest_containers._spec.ContainerSpec` holding one stays shareable.
 
 Build them with the factory functions::
 
@@ -17,39 +18,53 @@ Build them with the factory functions::
     for_healthy()
     for_exec(["pg_isready", "-U", "postgres"])
     all_of(for_log("listening"), for_port())
+    none()
 """
 
 from __future__ import annotations
 
 import abc
-import codecs
 import http.client
-import ipaddress
 import re
-import socket
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import docker.errors
 
-if TYPE_CHECKING:
-    from pytest_containers._containers import Container
+from pytest_containers._probes import (
+    EXEC_CANNOT_RUN,
+    SOCKET_TABLES_SCRIPT,
+    LineCounter,
+    NoRedirects,
+    has_healthcheck,
+    host_probe,
+    listening,
+    port_repr,
+)
+
+# Where a strategy's author finds them, as before they moved to _probes.
+from pytest_containers._probes import exit_reason as exit_reason
+from pytest_containers._probes import normalize_port as normalize_port
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "ExecOutput",
+    "LogStream",
     "WaitFailed",
     "WaitStrategy",
+    "WaitTarget",
     "all_of",
     "for_exec",
     "for_healthy",
     "for_http",
     "for_log",
     "for_port",
+    "none",
     "wait_until_ready",
 ]
 
@@ -59,6 +74,64 @@ DEFAULT_TIMEOUT = 60.0
 # Short enough that readiness is noticed within a few tens of ms; each poll also
 # inspects the container (~2 ms) and, for exec-based checks, runs an exec (~60 ms).
 _POLL_INTERVAL = 0.03
+
+
+class ExecOutput(Protocol):
+    """What a command run by :meth:`WaitTarget.exec` left."""
+
+    @property
+    def exit_code(self) -> int: ...
+    @property
+    def stdout(self) -> str: ...
+    @property
+    def stderr(self) -> str: ...
+
+
+class LogStream(Protocol):
+    """A container's output as it comes; :meth:`close` ends the iteration from another
+    thread."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+    def close(self) -> None: ...
+
+
+class WaitTarget(Protocol):
+    """What a wait strategy may use of the container it waits for (the
+    :class:`~pytest_containers.Container` a test gets offers all of it): its inspect
+    data as of the last :meth:`reload`, its published ports and where the test reaches
+    them, commands run in it, and its output as a stream.
+
+    Keeping strategies to this keeps them testable and the import one-way: containers
+    know the waits, the waits know no container class.
+    """
+
+    @property
+    def name(self) -> str:
+        """The container's name, for messages and thread names."""
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The engine's inspect data as of the last :meth:`reload` (``State``, ...)."""
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Published ports, ``{"6379/tcp": host_port}``, as of the last :meth:`reload`."""
+
+    @property
+    def on_podman(self) -> bool:
+        """Whether the engine is podman (whose exec sessions linger for minutes)."""
+
+    def reload(self) -> None:
+        """Inspect the container again; raises ``docker.errors.NotFound`` once it is gone."""
+
+    def exec(self, cmd: str | Sequence[str]) -> ExecOutput:
+        """Run ``cmd`` in the container (no shell) and return its exit code and outputs."""
+
+    def address(self, container_port: int | str) -> tuple[str, int]:
+        """``(host, port)`` the test connects to for a published ``container_port``."""
+
+    def follow_logs(self) -> LogStream:
+        """Follow the output of the container's current run (stdout and stderr)."""
 
 
 class WaitFailed(Exception):
@@ -95,7 +168,7 @@ class WaitStrategy(abc.ABC):
     timeout: float | None = None
 
     @abc.abstractmethod
-    def wait(self, container: Container, deadline: float) -> None:
+    def wait(self, container: WaitTarget, deadline: float) -> None:
         """Return once ``container`` is ready; raise :class:`WaitFailed` if it cannot be.
 
         ``deadline`` is a :func:`time.monotonic` value.
@@ -110,7 +183,7 @@ class WaitStrategy(abc.ABC):
 
 
 def wait_until_ready(
-    container: Container, strategy: WaitStrategy, *, default_timeout: float = DEFAULT_TIMEOUT
+    container: WaitTarget, strategy: WaitStrategy, *, default_timeout: float = DEFAULT_TIMEOUT
 ) -> None:
     """Run ``strategy`` against ``container`` with its own timeout or ``default_timeout``."""
     timeout = strategy.timeout if strategy.timeout is not None else default_timeout
@@ -120,30 +193,7 @@ def wait_until_ready(
 # --- watching the container ------------------------------------------------------------
 
 
-def exit_reason(state: dict[str, Any]) -> str | None:
-    """Why a container with inspect ``State`` ``state`` is not running, or ``None`` if it is."""
-    if state.get("Running") and not state.get("Restarting") and not state.get("Paused"):
-        return None
-    status = state.get("Status") or "not running"
-    if state.get("Paused"):
-        return "is paused"
-    code = state.get("ExitCode")
-    if state.get("OOMKilled"):
-        text = f"was OOM-killed (exit code {code})"
-    elif status == "created":
-        text = "never started"
-    elif status == "restarting":
-        text = f"is restarting after exiting with code {code}"
-    elif status == "exited":
-        text = f"exited with code {code}"
-    else:
-        text = f"is {status} (exit code {code})"
-    if state.get("Error"):
-        text += f": {state['Error']}"
-    return text
-
-
-def _ensure_running(container: Container) -> None:
+def _ensure_running(container: WaitTarget) -> None:
     try:
         container.reload()
     except docker.errors.NotFound:
@@ -154,7 +204,7 @@ def _ensure_running(container: Container) -> None:
 
 
 def _poll(
-    container: Container,
+    container: WaitTarget,
     deadline: float,
     probe: Callable[[], str | None],
     *,
@@ -183,44 +233,15 @@ def _remaining(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
 
 
-# How the engine reports an exec whose executable is missing or cannot run (exit code
-# 126 or 127), e.g. 'OCI runtime exec failed: exec failed: unable to start container
-# process: exec: "sh": executable file not found in $PATH: unknown'. Other exec failures
-# (such as a container that is just dying) do not match.
-_EXEC_CANNOT_RUN = re.compile(
-    r'exec: "[^"]*": (executable file not found|stat [^:]*: no such file or directory'
-    r"|permission denied)"
-)
-
-
-def _exec_could_not_start(container: Container, exit_code: int | None, output: str) -> bool:
+def _exec_could_not_start(container: WaitTarget, exit_code: int | None, output: str) -> bool:
     """Whether an exec failed because its command cannot run in this container."""
     if exit_code not in (126, 127) or "OCI runtime exec failed" not in output:
         return False
     _ensure_running(container)  # an exec into a dying container fails as well
-    return _EXEC_CANNOT_RUN.search(output) is not None
+    return EXEC_CANNOT_RUN.search(output) is not None
 
 
 # --- for_log ---------------------------------------------------------------------------
-
-
-class _LineCounter:
-    """Counts log lines that match, fed with arbitrary chunks of bytes."""
-
-    def __init__(self, pattern: re.Pattern[str]) -> None:
-        self.pattern = pattern
-        self.count = 0
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._partial = ""
-
-    def feed(self, chunk: bytes) -> None:
-        text = self._partial + self._decoder.decode(chunk)
-        *lines, self._partial = text.split("\n")
-        self.count += sum(1 for line in lines if self.pattern.search(line))
-
-    def total(self) -> int:
-        """Matches so far, counting a last line that has no newline yet."""
-        return self.count + (1 if self._partial and self.pattern.search(self._partial) else 0)
 
 
 @dataclass(frozen=True)
@@ -245,14 +266,12 @@ class LogWait(WaitStrategy):
         extra = f", times={self.times}" if self.times != 1 else ""
         return f"for_log({pattern}{extra})"
 
-    def wait(self, container: Container, deadline: float) -> None:
-        counter = _LineCounter(self._regex())
+    def wait(self, container: WaitTarget, deadline: float) -> None:
+        counter = LineCounter(self._regex())
         try:
             # Followed logs end by themselves when the container stops, so no polling is
-            # needed to notice an exit. ``logs_since`` skips the lines of an earlier run.
-            stream = container.raw.logs(
-                stream=True, follow=True, stdout=True, stderr=True, since=container.logs_since
-            )
+            # needed to notice an exit. Lines of an earlier run are not in them.
+            stream = container.follow_logs()
         except docker.errors.APIError as exc:
             _ensure_running(container)
             raise WaitFailed(f"cannot read the container's logs: {exc.explanation}") from None
@@ -309,96 +328,6 @@ def for_log(
 
 # --- for_port --------------------------------------------------------------------------
 
-# Prints the kernel's socket tables with only shell builtins, so it runs in busybox and in
-# minimal Debian images alike. The lines of each table follow a "#tcp"-style header.
-_SOCKET_TABLES_SCRIPT = (
-    "for t in tcp tcp6 udp udp6; do"
-    ' if [ -r /proc/net/$t ]; then echo "#$t";'
-    ' while read -r l; do echo "$l"; done < /proc/net/$t; fi; done'
-)
-_TCP_LISTEN = "0A"
-
-
-def normalize_port(port: int | str) -> str:
-    """``6379``, ``"6379"`` or ``"6379/tcp"`` -> ``"6379/tcp"``; ``"53/udp"`` stays."""
-    if isinstance(port, bool) or not isinstance(port, (int, str)):
-        raise TypeError(f"a port must be an int or a str like '6379/tcp', not {port!r}")
-    text = str(port).strip().lower()
-    number, _, protocol = text.partition("/")
-    protocol = protocol or "tcp"
-    if not number.isdigit() or not 0 < int(number) < 65536:
-        raise ValueError(f"invalid port {port!r}: the number must be within 1-65535")
-    if protocol not in ("tcp", "udp", "sctp"):
-        raise ValueError(f"invalid port {port!r}: the protocol must be tcp, udp or sctp")
-    return f"{int(number)}/{protocol}"
-
-
-def _port_repr(port: str) -> str:
-    number, _, protocol = port.partition("/")
-    return number if protocol == "tcp" else repr(port)
-
-
-def _is_loopback(hex_address: str) -> bool:
-    # /proc/net shows addresses as 32-bit words in the kernel's (little-endian) order.
-    raw = b"".join(
-        bytes.fromhex(hex_address[i : i + 8])[::-1] for i in range(0, len(hex_address), 8)
-    )
-    try:
-        address = ipaddress.ip_address(raw)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
-
-
-def _listening(tables: str) -> dict[str, bool]:
-    """``"8080/tcp"`` -> whether something listens on it beyond loopback (``False``: only
-    on loopback), for each port that has a listening TCP or bound UDP socket."""
-    found: dict[str, bool] = {}
-    table = ""
-    for line in tables.splitlines():
-        line = line.strip()
-        if line.startswith("#"):
-            table = line[1:]
-            continue
-        fields = line.split()
-        if len(fields) < 4 or ":" not in fields[1] or not table:
-            continue
-        address, _, port_hex = fields[1].rpartition(":")
-        protocol = table.rstrip("6")
-        if protocol == "tcp" and fields[3] != _TCP_LISTEN:
-            continue
-        try:
-            key = f"{int(port_hex, 16)}/{protocol}"
-        except ValueError:
-            continue
-        found[key] = found.get(key, False) or not _is_loopback(address)
-    return found
-
-
-def _host_probe(host: str, port: int, deadline: float) -> str | None:
-    """Connect to a published port from the host; ``None`` when a service answers there.
-
-    docker-proxy accepts the connection before the service listens and then closes it
-    at once when it cannot reach the container, so a bare connect proves nothing. A
-    connection that brings data, or that is still open after a short grace period, is
-    taken as served; one closed or reset right away is not.
-    """
-    try:
-        conn = socket.create_connection((host, port), timeout=min(1.0, _remaining(deadline)))
-    except OSError as exc:
-        return f"connecting to {host}:{port} failed: {exc}"
-    with conn:
-        conn.settimeout(0.25)
-        try:
-            data = conn.recv(1)
-        except TimeoutError:
-            return None
-        except OSError as exc:
-            return f"{host}:{port} accepted and then failed: {exc}"
-        return None if data else f"{host}:{port} accepted and closed the connection at once"
-
 
 @dataclass(frozen=True)
 class PortWait(WaitStrategy):
@@ -406,36 +335,43 @@ class PortWait(WaitStrategy):
 
     port: str | None = None
     timeout: float | None = None
+    #: The default wait's form: every published TCP port; UDP and SCTP ones are left
+    #: alone, as nothing tells whether a service behind them is ready.
+    tcp_only: bool = False
 
     def describe(self) -> str:
-        return f"for_port({_port_repr(self.port)})" if self.port else "for_port()"
+        return f"for_port({port_repr(self.port)})" if self.port else "for_port()"
 
-    def _ports(self, container: Container) -> list[str]:
+    def _ports(self, container: WaitTarget) -> list[str]:
         if self.port is not None:
             return [self.port]
         published = sorted(container.ports)
+        if self.tcp_only:
+            published = [port for port in published if port.endswith("/tcp")]
         if not published:
             raise WaitFailed("the container publishes no ports to wait for")
         return published
 
-    def wait(self, container: Container, deadline: float) -> None:
+    def wait(self, container: WaitTarget, deadline: float) -> None:
         _ensure_running(container)
         ports = self._ports(container)
         host_side: list[str] = []  # why the in-container check was given up, if it was
+        if _prefers_host_probe(container, ports):
+            host_side.append("podman keeps every exec session for minutes")
 
         def in_container() -> str | None:
             try:
-                result = container.exec(["sh", "-c", _SOCKET_TABLES_SCRIPT])
+                result = container.exec(["sh", "-c", SOCKET_TABLES_SCRIPT])
             except docker.errors.APIError as exc:
                 return f"exec failed: {exc.explanation}"
             if _exec_could_not_start(container, result.exit_code, result.stdout):
                 host_side.append(result.stdout.strip())
                 return host()
-            listening = _listening(result.stdout)
+            found = listening(result.stdout)
             for port in ports:
-                if port not in listening:
+                if port not in found:
                     return f"nothing listens on {port} inside the container"
-                if not listening[port]:
+                if not found[port]:
                     return (
                         f"{port} listens only on loopback inside the container, which the "
                         "published port cannot reach"
@@ -452,12 +388,22 @@ class PortWait(WaitStrategy):
                         f"{port} is not published and the image has no shell to check it "
                         f"inside the container ({host_side[0] if host_side else ''})"
                     )
-                note = _host_probe(container.host, published[port], deadline)
+                note = host_probe(*container.address(port), deadline)
                 if note is not None:
                     return note
             return None
 
         _poll(container, deadline, lambda: host() if host_side else in_container())
+
+
+def _prefers_host_probe(container: WaitTarget, ports: list[str]) -> bool:
+    """On podman each exec leaves processes behind for minutes, so published TCP ports
+    are checked from the test's side there (podman forwards ports without a proxy that
+    accepts early, so a served connection means a listening service)."""
+    published = container.ports
+    if not all(port.endswith("/tcp") and port in published for port in ports):
+        return False
+    return container.on_podman
 
 
 def for_port(port: int | str | None = None, *, timeout: float | None = None) -> WaitStrategy:
@@ -477,16 +423,32 @@ def for_port(port: int | str | None = None, *, timeout: float | None = None) -> 
     )
 
 
+# --- none ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NoWait(WaitStrategy):
+    """Ready as soon as it runs; see :func:`none`."""
+
+    timeout: float | None = None
+
+    def describe(self) -> str:
+        return "none()"
+
+    def wait(self, container: WaitTarget, deadline: float) -> None:
+        _ensure_running(container)
+
+
+def none() -> WaitStrategy:
+    """Do not wait: the container is handed over as soon as it runs, even when it
+    publishes ports (``wait=None``, the default, waits on its published TCP ports)."""
+    return NoWait()
+
+
 # --- for_http --------------------------------------------------------------------------
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    # The status of the path asked for is what counts, not where it redirects to.
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-def _http_target(container: Container, port: str | None) -> tuple[str, int]:
+def _http_target(container: WaitTarget, port: str | None) -> tuple[str, int]:
     published = container.ports
     if port is None:
         tcp = sorted(p for p in published if p.endswith("/tcp"))
@@ -497,7 +459,7 @@ def _http_target(container: Container, port: str | None) -> tuple[str, int]:
     if port not in published:
         listed = ", ".join(sorted(published)) or "none"
         raise WaitFailed(f"{port} is not published (published: {listed})")
-    return container.host, published[port]
+    return container.address(port)
 
 
 @dataclass(frozen=True)
@@ -512,17 +474,17 @@ class HttpWait(WaitStrategy):
     def describe(self) -> str:
         args = [repr(self.path)]
         if self.port is not None:
-            args.append(f"port={_port_repr(self.port)}")
+            args.append(f"port={port_repr(self.port)}")
         if self.status != 200:
             args.append(f"status={self.status}")
         return f"for_http({', '.join(args)})"
 
-    def wait(self, container: Container, deadline: float) -> None:
+    def wait(self, container: WaitTarget, deadline: float) -> None:
         _ensure_running(container)
         host, port = _http_target(container, self.port)
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}{self.path}"
         # No proxies: HTTP(S)_PROXY from the environment must not intercept the check.
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirects())
 
         def probe() -> str | None:
             timeout = max(0.05, min(2.0, _remaining(deadline)))
@@ -566,11 +528,6 @@ def for_http(
 # --- for_healthy -----------------------------------------------------------------------
 
 
-def _has_healthcheck(attrs: dict[str, Any]) -> bool:
-    test = ((attrs.get("Config") or {}).get("Healthcheck") or {}).get("Test") or []
-    return bool(test) and test[0] != "NONE"
-
-
 @dataclass(frozen=True)
 class HealthyWait(WaitStrategy):
     """Ready once Docker reports the container ``healthy``; see :func:`for_healthy`."""
@@ -580,10 +537,10 @@ class HealthyWait(WaitStrategy):
     def describe(self) -> str:
         return "for_healthy()"
 
-    def wait(self, container: Container, deadline: float) -> None:
+    def wait(self, container: WaitTarget, deadline: float) -> None:
         def probe() -> str | None:
             # _poll has just inspected the container.
-            if not _has_healthcheck(container.attrs):
+            if not has_healthcheck(container.attrs):
                 raise WaitFailed(
                     "neither the image nor the container defines a HEALTHCHECK; add one to "
                     "the image, pass healthcheck={...} to the container, or wait another way"
@@ -625,7 +582,7 @@ class ExecWait(WaitStrategy):
         cmd = list(self.cmd) if isinstance(self.cmd, tuple) else self.cmd
         return f"for_exec({cmd!r})"
 
-    def wait(self, container: Container, deadline: float) -> None:
+    def wait(self, container: WaitTarget, deadline: float) -> None:
         cmd = list(self.cmd) if isinstance(self.cmd, tuple) else self.cmd
         previous: list[str] = []  # what the finished runs said
 
@@ -692,7 +649,7 @@ class AllOf(WaitStrategy):
     def describe(self) -> str:
         return f"all_of({', '.join(s.describe() for s in self.strategies)})"
 
-    def wait(self, container: Container, deadline: float) -> None:
+    def wait(self, container: WaitTarget, deadline: float) -> None:
         for strategy in self.strategies:
             own, own_timeout = deadline, None
             now = time.monotonic()

@@ -1,0 +1,356 @@
+"""Engine faults survived: an engine restarted or stopped mid-run (a second dockerd of
+this test's own, never the shared one), and containers killed, OOM-killed or removed
+from outside while their tests use them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from pytest_containers._faults import EngineGuard, engine_gone
+from pytest_containers.errors import EngineUnavailableError
+from tests.conftest import InnerRuns
+from tests.testenv import BUSYBOX, MIRROR_OPTION, ROOT
+
+pytestmark = pytest.mark.docker
+
+BRIDGE = "pcti11br0"
+BRIDGE_ADDRESS = "10.211.77.1/24"  # apart from docker0 and the shared engine's networks
+
+
+class SecondEngine:
+    """A dockerd of the test's own: its own socket, data root, exec root, pid file and
+    bridge, and no iptables or masquerading, so that stopping it touches nothing else."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.socket = root / "docker.sock"
+        self.host = f"unix://{self.socket}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.made_bridge = False
+
+    def start(self) -> float:
+        """Start it; returns the seconds until it answered."""
+        if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode:
+            subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
+            subprocess.run(["ip", "addr", "add", BRIDGE_ADDRESS, "dev", BRIDGE], check=True)
+            subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
+            self.made_bridge = True
+        (self.root / "daemon.json").write_text("{}")  # not the machine's /etc/docker one
+        started = time.monotonic()
+        log = (self.root / "dockerd.log").open("ab")
+        self.process = subprocess.Popen(
+            ["dockerd", "--config-file", str(self.root / "daemon.json"),
+             "--host", self.host, "--data-root", str(self.root / "data"),
+             "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "docker.pid"),
+             "--bridge", BRIDGE, "--iptables=false", "--ip-masq=false", "--ip-forward=false",
+             "--shutdown-timeout", "1"],
+            stdout=log, stderr=log, start_new_session=True,
+        )  # fmt: skip
+        log.close()
+        client = docker.DockerClient(base_url=self.host, version="1.41", timeout=5)
+        try:
+            while True:
+                with contextlib.suppress(Exception):
+                    client.ping()
+                    return time.monotonic() - started
+                assert self.process.poll() is None, (self.root / "dockerd.log").read_text()[-2000:]
+                assert time.monotonic() - started < 60, "the second dockerd did not answer"
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def stop(self) -> float:
+        """Stop it (SIGTERM, as a service manager would); returns the seconds it took."""
+        started = time.monotonic()
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        return time.monotonic() - started
+
+    def close(self) -> None:
+        self.stop()
+        subprocess.run(["umount", "-R", "-l", str(self.root / "data")], capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+        if self.made_bridge:
+            subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True)
+
+
+@pytest.fixture
+def second_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[SecondEngine]:
+    if os.geteuid() != 0 or shutil.which("dockerd") is None:
+        pytest.skip("needs root and dockerd for an engine of the test's own")
+    root = Path(f"/tmp/pct-engine-{uuid.uuid4().hex[:8]}")
+    root.mkdir(mode=0o700)
+    engine = SecondEngine(root)
+    try:
+        engine.start()
+        monkeypatch.setenv("DOCKER_HOST", engine.host)
+        yield engine
+    finally:
+        engine.close()
+
+
+def run_in_background(pytester: pytest.Pytester, cache: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", MIRROR_OPTION,
+         f"--container-cache-dir={cache}", "-rA", *args],
+        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+    )  # fmt: skip
+
+
+def wait_for(path: Path, process: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            pytest.fail(f"the run ended first:\n{process.communicate()[0]}")
+        assert time.monotonic() < deadline, f"no {path.name} within {timeout} s"
+        time.sleep(0.02)
+
+
+OUTAGE_SUITE = f"""
+import pathlib, time
+import pytest
+
+HERE = pathlib.Path(__file__).parent
+# Ends on SIGTERM (a plain sleep as pid 1 would not), so that the engine stops in a moment.
+STOPS_AT_ONCE = ["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"]
+
+@pytest.mark.container("{BUSYBOX}", command=STOPS_AT_ONCE, scope="session", name="shared")
+def test_0_before(containers):
+    assert containers["shared"].exec(["true"]).exit_code == 0
+
+def test_1_the_engine_goes_away():
+    (HERE / "go-away").touch()
+    deadline = time.monotonic() + 60
+    while not (HERE / "gone").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+@pytest.mark.container("{BUSYBOX}", command=STOPS_AT_ONCE)
+@pytest.mark.parametrize("n", range(3))
+def test_2_after(container, n):
+    assert container.exec(["true"]).exit_code == 0
+
+@pytest.mark.container("{BUSYBOX}", command=STOPS_AT_ONCE, scope="session", name="shared")
+def test_3_shared_after(containers):
+    assert containers["shared"].exec(["true"]).exit_code == 0
+
+def test_4_plain():
+    pass
+"""
+
+
+def test_an_engine_restarted_mid_run_costs_no_test(
+    second_engine: SecondEngine, pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    pytester.makepyfile(test_outage=OUTAGE_SUITE)
+    run = run_in_background(pytester, tmp_path / "cache")
+    try:
+        wait_for(pytester.path / "go-away", run)
+        stopped = second_engine.stop()
+        (pytester.path / "gone").touch()
+        restarted = second_engine.start()
+        output, _ = run.communicate(timeout=180)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    print(
+        f"\nengine down for {stopped + restarted:.2f} s (stop {stopped:.2f}, start {restarted:.2f})"
+    )
+    assert stopped + restarted < 10, "the restart took longer than the default grace"
+    assert run.returncode == 0, output
+    assert re.search(r"\b7 passed\b", output), output
+
+
+def test_an_engine_stopped_for_good_fails_each_container_test_with_one_line(
+    second_engine: SecondEngine, pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    grace = 3
+    # test_1 uses the shared container while the engine goes away under it.
+    suite = OUTAGE_SUITE.replace(
+        "def test_1_the_engine_goes_away():",
+        f"@pytest.mark.container({BUSYBOX!r}, command=STOPS_AT_ONCE, scope='session', "
+        "name='shared')\ndef test_1_the_engine_goes_away(containers):",
+    ).replace(
+        "        time.sleep(0.02)\n\n@pytest.mark.container",
+        "        time.sleep(0.02)\n    containers['shared'].exec(['true'])\n\n"
+        "@pytest.mark.container",
+        1,
+    )
+    assert suite.count("containers['shared'].exec") == 1
+    pytester.makepyfile(test_outage=suite)
+    run = run_in_background(pytester, tmp_path / "cache", f"--container-engine-grace={grace}")
+    try:
+        wait_for(pytester.path / "go-away", run)
+        second_engine.stop()
+        (pytester.path / "gone").touch()
+        gone_at = time.monotonic()
+        output, _ = run.communicate(timeout=180)
+        took = time.monotonic() - gone_at
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    print(f"\nthe run ended {took:.2f} s after the engine stopped")
+    assert re.search(r"\b1 failed, 2 passed, 4 errors\b", output), output
+    # Not the short summary's lines: pytest writes them whole when CI is set.
+    said = [
+        line
+        for line in output.splitlines()
+        if "stopped answering" in line and not line.startswith(("ERROR ", "FAILED "))
+    ]
+    assert len(said) == 5, output
+    (during,) = (line for line in said if line.startswith("EngineUnavailableError: "))
+    assert during.startswith("EngineUnavailableError: test_outage.py::test_1_the_engine_goes_away")
+    assert "while the test ran" in during
+    said.remove(during)
+    for line in said:
+        assert line.startswith("test_outage.py::test_"), line
+        assert f"did not come back within {grace} s (--container-engine-grace)" in line
+    assert "Traceback" not in output
+    assert "requests.exceptions" not in output
+    assert took < grace + 5
+
+
+def test_the_guard_waits_for_an_engine_that_comes_back_and_not_for_one_that_is_gone(
+    second_engine: SecondEngine,
+) -> None:
+    client = docker.DockerClient(base_url=second_engine.host, timeout=5)
+    guard = EngineGuard(client.ping, grace=5, location=second_engine.host)
+    try:
+        assert guard.run(client.version, what="asking")["Version"]
+        second_engine.stop()
+        failure: Exception | None = None
+        try:
+            client.version()
+        except Exception as error:  # whatever docker-py raises for a vanished socket
+            failure = error
+        assert failure is not None
+        assert engine_gone(failure)
+        started = time.monotonic()
+        with pytest.raises(EngineUnavailableError, match="did not come back within 5 s"):
+            guard.run(client.version, what="asking")
+        assert 5 <= time.monotonic() - started < 8
+        started = time.monotonic()
+        with pytest.raises(EngineUnavailableError):
+            guard.run(client.version, what="asking")
+        assert time.monotonic() - started < 1, "a gone engine is not waited for twice"
+        second_engine.start()
+        assert guard.run(client.version, what="asking")["Version"]
+        assert not guard.gone
+    finally:
+        client.close()
+
+
+# -- containers killed or removed from outside ----------------------------------------
+
+FROM_OUTSIDE_SUITE = f"""
+import time
+import pytest
+
+@pytest.mark.container("{BUSYBOX}", command=["sleep", "300"])
+def test_killed(container, container_client):
+    container_client.api.kill(container.id)
+    container.exec(["true"])
+
+@pytest.mark.container("{BUSYBOX}", command=["sleep", "300"])
+def test_removed(container, container_client):
+    container_client.api.remove_container(container.id, force=True)
+    container.exec(["true"])
+
+@pytest.mark.container(
+    "{BUSYBOX}", command=["sh", "-c", "sleep 1; tail /dev/zero"],
+    options={{"mem_limit": "32m", "memswap_limit": "32m"}},
+)
+def test_oom(container):
+    deadline = time.monotonic() + 60
+    while container.status == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        container.reload()
+    container.exec(["true"])
+
+@pytest.mark.container("{BUSYBOX}", command=["sleep", "300"])
+def test_own_failure(container):
+    assert container.exec(["false"]).exit_code == 0
+"""
+
+
+def test_a_container_killed_or_removed_from_outside_fails_its_test_saying_which(
+    run_suite: InnerRuns, pytester: pytest.Pytester, docker_client: docker.DockerClient
+) -> None:
+    pytester.makepyfile(FROM_OUTSIDE_SUITE)
+    result = run_suite("-rf")
+    result.assert_outcomes(failed=4)
+    result.stdout.fnmatch_lines_random(
+        [
+            "ContainerError: *::test_killed: the container * was killed from outside (SIGKILL*",
+            "ContainerError: *::test_removed: the container * was removed from outside*",
+            "ContainerError: *::test_oom: the container * was OOM-killed (out of memory*",
+            "E       AssertionError: assert 1 == 0",
+        ]
+    )
+    assert "docker.errors" not in result.stdout.str()
+    assert run_suite.leftovers(docker_client) == []
+
+
+SHARED_DIES_SUITE = f"""
+import pytest
+
+SHARED = pytest.mark.container("{BUSYBOX}", command=["sleep", "300"], scope="{{scope}}", name="s")
+
+@SHARED
+def test_0_kill_it(containers, container_client):
+    container_client.api.kill(containers["s"].id)
+
+@SHARED
+def test_1_replaced(containers):
+    assert containers["s"].exec(["true"]).exit_code == 0
+
+@SHARED
+def test_2_remove_it_too(containers, container_client):
+    container_client.api.remove_container(containers["s"].id, force=True)
+
+@SHARED
+def test_3_not_again(containers):
+    pass
+
+@SHARED
+def test_4_not_again(containers):
+    pass
+"""
+
+
+@pytest.mark.parametrize("scope", ["session", "run"])
+def test_a_shared_container_found_dead_is_replaced_once_then_fails_in_one_line(
+    run_suite: InnerRuns, pytester: pytest.Pytester, docker_client: docker.DockerClient,
+    scope: str,
+) -> None:  # fmt: skip
+    pytester.makepyfile(SHARED_DIES_SUITE.format(scope=scope))
+    result = run_suite()
+    result.assert_outcomes(passed=3, errors=2)
+    if scope == "run":
+        said = "the run-scoped container of * died again after it was replaced once*"
+    else:
+        said = "the container * was removed from outside*it was replaced once already*"
+    result.stdout.fnmatch_lines([f"*::test_3_not_again: {said}", f"*::test_4_not_again: {said}"])
+    assert "Traceback" not in result.stdout.str()
+    assert run_suite.leftovers(docker_client) == []

@@ -1,0 +1,28 @@
+"""The house rules a reviewer would otherwise check by eye: plugin.py holds hooks only,
+and test modules share helpers through conftest.py and testenv.py, never each other."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "pytest_containers"
+
+
+def test_plugin_py_is_short_and_holds_hooks_only() -> None:
+    source = (PACKAGE / "plugin.py").read_text()
+    assert len(source.splitlines()) <= 200
+    tree = ast.parse(source)
+    functions = [node.name for node in tree.body if isinstance(node, ast.FunctionDef)]
+    assert functions, "plugin.py defines the hooks"
+    assert [name for name in functions if not name.startswith("pytest_")] == []
+
+
+def test_no_test_module_imports_another() -> None:
+    offenders = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tests.test_"):
+                offenders.append(f"{path.name} imports {node.module}")
+    assert offenders == []
