@@ -510,6 +510,21 @@ def test_prefetch_error_belongs_to_its_image_only(
     cache.close()
 
 
+def test_close_lets_a_prefetch_under_way_finish_and_report_it(
+    docker_client: docker.DockerClient, unique_image: MakeImage, tmp_path: Path
+) -> None:
+    # An xdist worker with no test to run closes right after prefetching; the pull it
+    # won the lock for must not die half-way, and the summary needs its outcome.
+    image = unique_image()
+    started = threading.Event()
+    cache = _cache(docker_client, tmp_path, on_progress=lambda progress: started.set())
+    cache.prefetch([(image, None)])
+    assert started.wait(30)
+    cache.close()
+    assert [(found.ref, found.source) for found in cache.resolved()] == [(image, "pulled")]
+    assert docker_client.images.get(f"{REGISTRY}/library/{image}").id == cache.resolved()[0].id
+
+
 def test_engine_id_is_asked_once(docker_client: docker.DockerClient, tmp_path: Path) -> None:
     cache = _cache(docker_client, tmp_path)
     assert cache.engine_id == docker_client.info()["ID"]

@@ -42,6 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import CancelledError, Future
+from concurrent.futures import wait as futures_wait
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,9 @@ from pytest_containers.errors import (
 )
 
 __all__ = ["ImageCache", "PullPolicy"]
+
+#: Seconds :meth:`ImageCache.close` gives prefetches under way to finish.
+CLOSE_WAIT = 60.0
 
 #: Background pulls at once; more rarely helps, as the engine shares one network link.
 PREFETCH_WORKERS = 4
@@ -295,15 +299,25 @@ class ImageCache:
         with self._mutex:
             return list(self._resolved.values())
 
-    def close(self) -> None:
-        """Stop the background threads; prefetches not started yet are dropped (a pull
-        under way is left to finish in its daemon thread)."""
+    def close(self, wait: float = CLOSE_WAIT) -> None:
+        """Stop the background threads. Prefetches not started yet are dropped; those
+        under way get up to ``wait`` seconds to finish, then are left to their daemon
+        threads.
+
+        The wait matters under xdist: every worker prefetches every image, and the one
+        that wins the lock may have no test to run. Ending at once would kill its pull
+        or load half-way and leave its outcome ("pulled", "loaded") out of the summary,
+        while the worker that waited for it reports the image as merely "present".
+        """
         with self._mutex:
             self._closed = True
+            running = []
             for pending in self._pending.values():
-                if pending.prefetched:
-                    pending.future.cancel()  # only succeeds for those not started
+                if pending.prefetched and not pending.future.cancel():
+                    running.append(pending.future)  # cancel() fails once it has started
         self._pool.close()
+        if running:
+            futures_wait(running, timeout=wait)
 
     # -- internals ---------------------------------------------------------------------
 
