@@ -132,6 +132,7 @@ def test_a_second_run_reuses_the_kept_container_resets_it_first_and_creates_none
         [
             "containers: reuse on: containers declared with reuse=True are kept for later runs, "
             "removed after 1h idle*",
+            "-* containers: reuse -*",
             f"containers: reuse: {count} reused, 0 started; kept for the next run*",
             "  reused   pytest-containers-reuse-busybox-1.35-* (busybox:1.35)",
         ]

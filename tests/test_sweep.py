@@ -239,11 +239,14 @@ def test_the_sweep_says_in_one_line_what_it_removed_and_why(
 
     third, third_name = dead_runs.leave(run_suite.cache_dir)
     result = run_suite("-v", *xdist)
+    # Under its own separator, so that it never reads as part of a failure's report.
     result.stdout.fnmatch_lines(
         [
+            "-* containers: cleanup -*",
             "containers: removed 1 container of 1 dead run (*",
             f"  removed from dead run {third} ({because}): 1 container ({third_name})",
-        ]
+        ],
+        consecutive=True,
     )
 
 

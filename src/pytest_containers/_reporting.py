@@ -75,15 +75,24 @@ def complete_report(item: pytest.Item, call: pytest.CallInfo[None], report: Any)
 
 def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     state = plugin_state(config)
-    _report_sweep(terminalreporter, config, state)
+    # Each under its own separator: right after pytest's failure sections, a bare line
+    # would read as the last lines of the last failed test's report.
+    swept = _sweep_lines(config, state)
+    if swept or state.cleanup_errors:
+        terminalreporter.write_sep("-", "containers: cleanup")
+        for line in swept:
+            terminalreporter.write_line(line)
+        for message in state.cleanup_errors:
+            terminalreporter.write_line(f"containers: could not remove {message}", yellow=True)
     from pytest_containers._reuse import reuse_summary
 
-    for line in reuse_summary(
+    reuse = reuse_summary(
         state.reused, state.reuse_swept, enabled=state.settings.reuse, ttl=state.settings.reuse_ttl
-    ):
-        terminalreporter.write_line(line)
-    for message in state.cleanup_errors:
-        terminalreporter.write_line(f"containers: could not remove {message}", yellow=True)
+    )
+    if reuse:
+        terminalreporter.write_sep("-", "containers: reuse")
+        for line in reuse:
+            terminalreporter.write_line(line)
     if state.kept:
         terminalreporter.write_sep("-", "containers: kept for debugging")
         for kept in state.kept:
@@ -112,7 +121,7 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
             )
 
 
-def _report_sweep(terminalreporter: Any, config: pytest.Config, state: PluginState) -> None:
+def _sweep_lines(config: pytest.Config, state: PluginState) -> list[str]:
     """One line for what the start-up sweeps of this run's processes removed; with -v,
     what each dead run lost. Workers may have raced for the same run: merged by name."""
     from pytest_containers._cleanup import RemovedRun, SweepResult
@@ -139,9 +148,8 @@ def _report_sweep(terminalreporter: Any, config: pytest.Config, state: PluginSta
     )
     headline = result.headline()
     if headline is None:
-        return
-    terminalreporter.write_line(f"containers: {headline}")
+        return []
+    lines = [f"containers: {headline}"]
     if config.get_verbosity() > 0:
-        for line in result.describe():
-            if line.startswith("removed"):
-                terminalreporter.write_line(f"  {line}")
+        lines += [f"  {line}" for line in result.describe() if line.startswith("removed")]
+    return lines
