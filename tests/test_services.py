@@ -178,6 +178,30 @@ def test_a_hook_that_returns_something_else_is_a_usage_error(pytester: pytest.Py
     result.stderr.fnmatch_lines(["ERROR: pytest_containers_services must return a list of*"])
 
 
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_a_hook_that_raises_stops_the_run_with_one_line_that_names_it(
+    pytester: pytest.Pytester, workers: list[str]
+) -> None:
+    pytester.makeconftest(
+        """
+        import pytest_containers
+
+        def pytest_containers_services(config):
+            return [pytest_containers.service("redis:7", name="cache")]
+        """
+    )
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *workers)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: pytest_containers_services (*conftest.py:4) raised TypeError: service() got "
+            "multiple values for argument 'name'; it is service(name, image, *, *): the name first"
+        ]
+    )
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
 def test_no_services_means_no_engine(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -40,7 +40,7 @@ def declared_services(config: pytest.Config) -> list[Service]:
     """The services of the ini key and of every ``pytest_containers_services`` hook."""
     try:
         found = parse_ini(config.getini(INI))
-        for returned in config.hook.pytest_containers_services(config=config):
+        for returned in _call_services_hook(config):
             if returned is None:
                 continue
             from pytest_containers._services import Service
@@ -57,6 +57,27 @@ def declared_services(config: pytest.Config) -> list[Service]:
     except ServiceError as error:
         raise pytest.UsageError(str(error)) from None
     return found
+
+
+def _call_services_hook(config: pytest.Config) -> list[Any]:
+    """The hook's results. A hook that raises (a wrong ``service(...)`` call, say) stops
+    the run with one line that names where, not an INTERNALERROR traceback."""
+    try:
+        return list(config.hook.pytest_containers_services(config=config))
+    except (pytest.UsageError, KeyboardInterrupt):
+        raise
+    except Exception as error:
+        where = "pytest_containers_services"
+        frame = error.__traceback__
+        while frame is not None:  # the innermost frame of the hook itself
+            code = frame.tb_frame.f_code
+            if code.co_name == "pytest_containers_services":
+                where = f"pytest_containers_services ({code.co_filename}:{frame.tb_lineno})"
+            frame = frame.tb_next
+        hint = ""
+        if isinstance(error, TypeError) and "service()" in str(error):
+            hint = "; it is service(name, image, *, build=None, per='worker', ...): the name first"
+        raise pytest.UsageError(f"{where} raised {type(error).__name__}: {error}{hint}") from None
 
 
 def _flags_of(config: pytest.Config, dest: str) -> list[str]:
