@@ -5,6 +5,8 @@ is blocked reading the socket, which only a real connection shows."""
 from __future__ import annotations
 
 import contextlib
+import io
+import tarfile
 import threading
 import time
 import uuid
@@ -16,8 +18,9 @@ import pytest
 
 from pytest_containers._containers import Container
 from pytest_containers._engine import docker_time
-from pytest_containers._engine_stream import EngineStream
+from pytest_containers._engine_stream import EngineStream, ShellClosed, ShellSession
 from pytest_containers._image import Image
+from pytest_containers._resets import ResetShells, run_reset
 from tests.testenv import Starter
 
 T = TypeVar("T")
@@ -102,3 +105,84 @@ def test_an_open_stream_reads_what_the_engine_sends(
     first = next(stream.open(lambda: _follow(docker_client, talking.id)))
     stream.abort()
     assert first == b"hello\n"
+
+
+# --- a shell kept open -------------------------------------------------------------------
+
+
+@pytest.mark.docker
+def test_a_shell_session_runs_commands_with_their_output_and_exit_codes(
+    docker_client: docker.DockerClient, busybox: Image, start: Starter
+) -> None:
+    container = start(busybox, command=["sleep", "300"])
+    session = ShellSession(docker_client, container.id)
+    try:
+        assert session.run(["sh", "-c", "echo out; echo err >&2; exit 3"]) == (
+            3,
+            b"out\n",
+            b"err\n",
+        )
+        assert session.run(["echo", "-n", "no newline"]) == (0, b"no newline", b"")
+        # Quoted as words, never as shell syntax; stdin is not the session's.
+        assert session.run(["echo", "it's $HOME; `x`"]) == (0, b"it's $HOME; `x`\n", b"")
+        assert session.run(["cat"]) == (0, b"", b"")
+        code, out, err = session.run(["no-such-command"])
+        assert (code, out) == (127, b"")
+        assert b"no-such-command" in err
+        big = session.run(
+            ["sh", "-c", "i=0; while [ $i -lt 2000 ]; do echo line-$i; i=$((i+1)); done"]
+        )
+        assert big[1].splitlines() == [f"line-{i}".encode() for i in range(2000)]
+        # One shell ran them all: the engine saw one exec since the container started.
+        assert _shells(docker_client, container) == ["sh"]
+    finally:
+        session.close()
+    deadline = time.monotonic() + 10
+    while _shells(docker_client, container) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _shells(docker_client, container) == []  # the shell ended with the session
+
+
+def _shells(client: docker.DockerClient, container: Container) -> list[str]:
+    """The processes in ``container`` besides its own ``sleep``."""
+    top = client.api.top(container.id, ps_args="-o pid,args")
+    return [row[-1] for row in top["Processes"] if not row[-1].startswith("sleep")]
+
+
+@pytest.mark.docker
+def test_an_image_without_a_shell_is_reset_by_exec(
+    docker_client: docker.DockerClient, start: Starter
+) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add("/bin/busybox", arcname="busybox")  # no /bin/sh
+    name = f"pct-nosh-{uuid.uuid4().hex[:12]}"
+    docker_client.api.import_image_from_data(buffer.getvalue(), repository=name, tag="1")
+    try:
+        image = Image(ref=f"{name}:1", resolved_ref=f"{name}:1",
+                      id=str(docker_client.images.get(f"{name}:1").id))  # fmt: skip
+        container = start(image, command=["/busybox", "sleep", "300"])
+        with pytest.raises(ShellClosed):
+            ShellSession(docker_client, container.id, answer_timeout=5)
+        shells = ResetShells()
+        assert shells.run(container, ["/busybox", "true"]) is None  # exec it instead
+        assert run_reset(container, ("/busybox", "false"), shells) == "exit code 1, output: "
+        assert run_reset(container, ("/busybox", "true"), shells) is None
+        shells.close_all()
+    finally:
+        start.remove_all()
+        docker_client.images.remove(f"{name}:1", force=True)
+
+
+@pytest.mark.docker
+def test_a_reset_shell_whose_container_died_falls_back_to_exec(
+    docker_client: docker.DockerClient, busybox: Image, start: Starter
+) -> None:
+    container = start(busybox, command=["sleep", "300"])
+    shells = ResetShells()
+    assert shells.run(container, ["true"]) == (0, "")
+    docker_client.api.kill(container.id)
+    failure = run_reset(container, ("true",), shells)
+    assert failure is not None
+    assert failure.startswith("raised "), failure
+    shells.close_all()

@@ -16,7 +16,7 @@ import contextlib
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import requests
 
@@ -145,7 +145,7 @@ class LogFollower:
         self._poll_interval = poll_interval
         self._closed = threading.Event()
         self._stream: Any = None
-        self._polling = _is_ssh_client(raw.client)
+        self._polling = is_ssh_client(raw.client)
         if not self._polling:
             self._stream = raw.logs(stream=True, follow=True, stdout=True, stderr=True, since=since)
 
@@ -179,7 +179,7 @@ class LogFollower:
                 close()
 
 
-def _is_ssh_client(client: Any) -> bool:
+def is_ssh_client(client: Any) -> bool:
     api = getattr(client, "api", client)
     endpoint = getattr(client, "pytest_containers_endpoint", None)
     if isinstance(endpoint, Endpoint):
@@ -258,3 +258,106 @@ def _demux(data: bytes) -> tuple[bytes, bytes]:
         streams.setdefault(kind, []).append(data[at + 8 : at + 8 + size])
         at += 8 + size
     return b"".join(streams[1]), b"".join(streams[2])
+
+
+# --- a shell kept open for commands run again and again ----------------------------------
+
+
+class ShellClosed(Exception):
+    """The shell session ended, or never answered: run the command another way."""
+
+
+class ShellSession:
+    """One ``sh`` kept running in a container by an exec with stdin, running commands one
+    after another.
+
+    An exec costs the engine a runtime call (about 50 ms on Docker, most of a reset's
+    time); a command the open shell runs costs one process in the container. For
+    ``reset=``, which runs before every test. Each command runs in a subshell with stdin
+    from ``/dev/null``, then the shell prints a random marker and the exit code on stdout
+    and the marker on stderr, which end its output. Nothing comes from the shell before
+    the first command, so no output is lost to the HTTP reader's buffer (see
+    :func:`run_exec`).
+
+    Raises :class:`ShellClosed` when the shell does not answer a first ``true`` within
+    ``answer_timeout`` seconds (an image without ``sh``, an engine that does not hijack),
+    and from :meth:`run` when the session ended before the command's end.
+    """
+
+    def __init__(
+        self, client: docker.DockerClient, container_id: str, *, answer_timeout: float = 10.0
+    ) -> None:
+        api = client.api
+        created = api.exec_create(container_id, ["sh"], stdin=True, stdout=True, stderr=True)
+        holder = api.exec_start(str(created["Id"]), socket=True)
+        self._holder = holder
+        # docker-py hands unix and tcp sockets over wrapped in a SocketIO.
+        self._socket = cast("socket.socket", getattr(holder, "_sock", holder))
+        self._buffer = b""
+        self._lock = threading.Lock()
+        try:
+            code, _, _ = self.run(["true"], timeout=answer_timeout)
+        except (OSError, ShellClosed) as error:
+            self.close()
+            raise ShellClosed(f"the shell did not answer: {error}") from None
+        if code != 0:
+            self.close()
+            raise ShellClosed(f"the shell's `true` exited with {code}")
+
+    def run(self, command: list[str], *, timeout: float | None = None) -> tuple[int, bytes, bytes]:
+        """Run ``command``: its exit code, stdout and stderr."""
+        import shlex
+        import uuid
+
+        marker = f"pct-{uuid.uuid4().hex}".encode()
+        script = (
+            f"( {shlex.join(command)} ) </dev/null; "
+            f"printf '\\n%s %s\\n' {marker.decode()} \"$?\"; "
+            f"printf '\\n%s\\n' {marker.decode()} >&2\n"
+        )
+        with self._lock:
+            try:
+                self._socket.settimeout(timeout)
+                self._socket.sendall(script.encode())
+                streams: dict[int, bytes] = {1: b"", 2: b""}
+                code: int | None = None
+                while code is None or b"\n" + marker + b"\n" not in streams[2]:
+                    kind, payload = self._frame()
+                    streams[kind] = streams.get(kind, b"") + payload
+                    if code is None:
+                        code = _marked_code(streams[1], marker)
+            except (OSError, ShellClosed) as error:
+                self.close()
+                raise ShellClosed(str(error) or type(error).__name__) from None
+        out = streams[1][: streams[1].rindex(b"\n" + marker + b" ")]
+        err = streams[2][: streams[2].rindex(b"\n" + marker + b"\n")]
+        return code, out, err
+
+    def _frame(self) -> tuple[int, bytes]:
+        head = self._read(8)
+        return head[0], self._read(int.from_bytes(head[4:8], "big"))
+
+    def _read(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            chunk = self._socket.recv(65536)
+            if not chunk:
+                raise ShellClosed("the shell session ended")
+            self._buffer += chunk
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def close(self) -> None:
+        """End the session: the shell reads the end of its input and exits."""
+        for closing in (self._socket, self._holder):
+            with contextlib.suppress(Exception):
+                closing.close()
+
+
+def _marked_code(stdout: bytes, marker: bytes) -> int | None:
+    """The exit code the shell printed after ``marker`` on stdout, once it is all there."""
+    at = stdout.rfind(b"\n" + marker + b" ")
+    if at < 0:
+        return None
+    rest = stdout[at + len(marker) + 2 :]
+    end = rest.find(b"\n")
+    return int(rest[:end]) if end > 0 else None

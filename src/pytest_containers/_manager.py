@@ -57,7 +57,7 @@ from pytest_containers._networks import (
 )
 from pytest_containers._pull import PullProgress
 from pytest_containers._removals import BackgroundRemovals
-from pytest_containers._resets import Reset, describe_reset, run_reset
+from pytest_containers._resets import Reset, ResetShells, describe_reset, run_reset
 from pytest_containers._reuse import ReusePool, reusable_network, reuse_key, sweep_reused
 from pytest_containers._run_scope import run_network, run_scoped, spec_fingerprint
 from pytest_containers._settings import Settings
@@ -143,6 +143,7 @@ class ContainerManager:
         self._ahead: AheadStarts | None = None
         #: Shared containers handed to a test already: later tests get them reset first.
         self._handed: set[str] = set()
+        self._shells = ResetShells()  # command resets through a shell kept open
         #: The containers leased for reuse across runs (reuse=True, --container-reuse).
         self._reuse_pool: ReusePool | None = None
 
@@ -309,12 +310,8 @@ class ContainerManager:
         group: str,
         reuse: bool = False,
     ) -> Container:
-        if build is not None:
-            image = self.build(build)
-        else:
-            image = self.image(spec.image, platform=spec.platform)
         if scope == "function":
-            return self._start(image, spec, "function", group)
+            return self._start(self._image_of(spec, build), spec, "function", group)
         key = f"{scope}:{scope_key}"
         with self._lock:
             given_up = self._given_up.get(f"{key}:{spec_fingerprint(spec)}")
@@ -335,6 +332,8 @@ class ContainerManager:
                     held.containers.pop(spec, None)
                 if scope != "run":
                     self._replacing(f"{key}:{spec_fingerprint(spec)}", scope, current, fault)
+            # Resolved only to start one: a held container's later tests need no image.
+            image = self._image_of(spec, build)
             if scope == "run":
                 self.used_run_scope = True
                 started = self._run_scoped(image, spec, group)
@@ -345,6 +344,11 @@ class ContainerManager:
             with self._lock:
                 held.containers[spec] = started
             return started
+
+    def _image_of(self, spec: ContainerSpec, build: BuildSpec | None) -> Image:
+        if build is not None:
+            return self.build(build)
+        return self.image(spec.image, platform=spec.platform)
 
     def _replacing(self, key: str, scope: str, dead: Container, fault: ContainerError) -> None:
         """A shared container died: replace it, once; a second death is the tests' to see
@@ -556,7 +560,7 @@ class ContainerManager:
             self._handed.add(container.id)
         if first:
             return
-        failure = run_reset(container, reset)
+        failure = run_reset(container, reset, self._shells)
         if failure is None:
             return
         what = describe_reset(reset)
@@ -587,6 +591,7 @@ class ContainerManager:
         next test does not wait; :meth:`close` does. A kill meanwhile leaves the removal to
         the watchdog and the sweep, which find the container by its labels. A container
         leased for reuse goes back to its slot instead, for the next lease."""
+        self._shells.close(container.id)
         if self._reuse_pool is not None and self._reuse_pool.give_back(container.id):
             return
         keep = self.settings.keep
@@ -615,6 +620,7 @@ class ContainerManager:
         """Remove ``container``; with the engine gone there is nothing to do now (the end
         of the run, the watchdog or the next run's sweep removes it). Other errors are
         raised when ``report``."""
+        self._shells.close(container.id)
         if self._reuse_pool is not None:
             self._reuse_pool.forget(container.id)  # a dead reused one: its slot names none
         if self._engine is not None and self._engine.gone:
@@ -647,6 +653,7 @@ class ContainerManager:
         if self._ahead is not None:
             self._ahead.close()  # their release goes to the removals, waited for next
         self.wait_for_removals()
+        self._shells.close_all()
         if self._reuse_pool is not None:
             self._reuse_pool.close()
         if self._cache is not None:
