@@ -38,3 +38,14 @@ def test_module_scoped_redis_keeps_data(shared_redis: Container) -> None:
 def test_module_scoped_redis_still_has_it(shared_redis: Container) -> None:
     result = shared_redis.exec(["redis-cli", "GET", "greeting"])
     assert result.stdout.strip() in ("hello", "")  # "" when this test runs on another worker
+
+
+# reset= instead of a new container: one redis for the module, flushed before each test
+# but its first (through a shell kept open in the container: a few ms a reset).
+clean_redis = container_fixture("redis:7", scope="module", reset=["redis-cli", "FLUSHALL"])
+
+
+@pytest.mark.parametrize("n", range(3))
+def test_each_test_sees_an_empty_redis(clean_redis: Container, n: int) -> None:
+    assert clean_redis.exec(["redis-cli", "DBSIZE"]).stdout.strip() == "0"
+    assert clean_redis.exec(["redis-cli", "SET", "key", str(n)]).exit_code == 0

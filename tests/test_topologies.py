@@ -212,3 +212,36 @@ def test_exec_output_is_whole_on_each_transport(
     result = run_suite()
     result.assert_outcomes(passed=1)
     assert run_suite.leftovers(docker_client) == []
+
+
+RESETS = """
+import pytest
+from pytest_containers import container_fixture
+
+box = container_fixture(
+    "busybox", command=["sleep", "300"], scope="module",
+    reset=["sh", "-c", "rm -f /tmp/dirty; echo reset >> /tmp/resets"],
+)
+
+@pytest.mark.parametrize("n", range(6))
+def test_each_test_gets_a_clean_box(box, n):
+    assert box.exec(["ls", "/tmp"]).stdout.split() == (["resets"] if n else [])
+    box.exec(["touch", "/tmp/dirty"])
+
+def test_resets_ran_once_each_and_how(box):
+    assert box.exec(["cat", "/tmp/resets"]).stdout == "reset\\n" * 6
+    # Through the shell kept open in the container, but over ssh, where it is an exec.
+    processes = [row[-1] for row in box.raw.top(ps_args="-o pid,args")["Processes"]]
+    assert processes.count("sh") == (0 if {over_ssh} else 1), processes
+"""
+
+
+@pytest.mark.parametrize("name", ["tcp-local", "ssh", "unix"])
+def test_resets_run_through_one_shell_on_each_transport(
+    topology: Topology, run_suite: InnerRuns, docker_client: docker.DockerClient, name: str
+) -> None:
+    topology(name)
+    run_suite.pytester.makepyfile(RESETS.replace("{over_ssh}", str(name == "ssh")))
+    result = run_suite()
+    result.assert_outcomes(passed=7)
+    assert run_suite.leftovers(docker_client) == []
