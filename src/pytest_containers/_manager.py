@@ -143,7 +143,7 @@ class ContainerManager:
         self._ahead: AheadStarts | None = None
         #: Shared containers handed to a test already: later tests get them reset first.
         self._handed: set[str] = set()
-        self._shells = ResetShells()  # command resets through a shell kept open
+        self.reset_shells = ResetShells()  # command resets through a shell kept open
         #: The containers leased for reuse across runs (reuse=True, --container-reuse).
         self._reuse_pool: ReusePool | None = None
 
@@ -560,7 +560,7 @@ class ContainerManager:
             self._handed.add(container.id)
         if first:
             return
-        failure = run_reset(container, reset, self._shells)
+        failure = run_reset(container, reset, self.reset_shells)
         if failure is None:
             return
         what = describe_reset(reset)
@@ -591,7 +591,7 @@ class ContainerManager:
         next test does not wait; :meth:`close` does. A kill meanwhile leaves the removal to
         the watchdog and the sweep, which find the container by its labels. A container
         leased for reuse goes back to its slot instead, for the next lease."""
-        self._shells.close(container.id)
+        self.reset_shells.close(container.id)
         if self._reuse_pool is not None and self._reuse_pool.give_back(container.id):
             return
         keep = self.settings.keep
@@ -620,7 +620,7 @@ class ContainerManager:
         """Remove ``container``; with the engine gone there is nothing to do now (the end
         of the run, the watchdog or the next run's sweep removes it). Other errors are
         raised when ``report``."""
-        self._shells.close(container.id)
+        self.reset_shells.close(container.id)
         if self._reuse_pool is not None:
             self._reuse_pool.forget(container.id)  # a dead reused one: its slot names none
         if self._engine is not None and self._engine.gone:
@@ -653,7 +653,7 @@ class ContainerManager:
         if self._ahead is not None:
             self._ahead.close()  # their release goes to the removals, waited for next
         self.wait_for_removals()
-        self._shells.close_all()
+        self.reset_shells.close_all()
         if self._reuse_pool is not None:
             self._reuse_pool.close()
         if self._cache is not None:

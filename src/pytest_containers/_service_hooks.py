@@ -199,11 +199,12 @@ class ServiceHooks:
             return
         from pytest_containers._resets import describe_reset, run_reset
 
+        shells = plugin_state(item.config).manager().reset_shells
         for name, declared in self.started.services.items():
             if declared.reset is None:
                 continue
             container = self.started.containers[name]
-            failure = run_reset(container, declared.reset)
+            failure = run_reset(container, declared.reset, shells)
             if failure is not None:
                 pytest.fail(
                     f"{item.nodeid}: the reset of service {name!r} ({declared.display}) by "
