@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -26,8 +27,13 @@ from tests.testenv import BUSYBOX, MIRROR_OPTION, ROOT
 
 pytestmark = pytest.mark.docker
 
-BRIDGE = "pcti11br0"
-BRIDGE_ADDRESS = "10.211.77.1/24"  # apart from docker0 and the shared engine's networks
+
+def free_bridge_subnet() -> str:
+    """A 10.211.N.1/24 that no interface uses: apart from docker0, the shared engine's
+    networks and the bridges of other second engines (xdist runs two tests at once)."""
+    used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
+    free = [n for n in range(100, 250) if f" 10.211.{n}." not in used]
+    return f"10.211.{random.choice(free)}.1/24"
 
 
 class SecondEngine:
@@ -39,15 +45,19 @@ class SecondEngine:
         self.socket = root / "docker.sock"
         self.host = f"unix://{self.socket}"
         self.process: subprocess.Popen[bytes] | None = None
+        # Each engine its own bridge: one shared by name was deleted by the first test to
+        # end, under the other one's engine (could not find bridge).
+        self.bridge = f"pcte{root.name[-8:]}"
         self.made_bridge = False
 
     def start(self) -> float:
         """Start it; returns the seconds until it answered."""
-        if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode:
-            subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
-            subprocess.run(["ip", "addr", "add", BRIDGE_ADDRESS, "dev", BRIDGE], check=True)
-            subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
+        if not self.made_bridge:
+            subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
             self.made_bridge = True
+            address = free_bridge_subnet()
+            subprocess.run(["ip", "addr", "add", address, "dev", self.bridge], check=True)
+            subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
         (self.root / "daemon.json").write_text("{}")  # not the machine's /etc/docker one
         started = time.monotonic()
         log = (self.root / "dockerd.log").open("ab")
@@ -55,7 +65,7 @@ class SecondEngine:
             ["dockerd", "--config-file", str(self.root / "daemon.json"),
              "--host", self.host, "--data-root", str(self.root / "data"),
              "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "docker.pid"),
-             "--bridge", BRIDGE, "--iptables=false", "--ip-masq=false", "--ip-forward=false",
+             "--bridge", self.bridge, "--iptables=false", "--ip-masq=false", "--ip-forward=false",
              "--shutdown-timeout", "1"],
             stdout=log, stderr=log, start_new_session=True,
         )  # fmt: skip
@@ -90,7 +100,7 @@ class SecondEngine:
         subprocess.run(["umount", "-R", "-l", str(self.root / "data")], capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
         if self.made_bridge:
-            subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True)
+            subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
 
 
 @pytest.fixture
