@@ -227,7 +227,7 @@ def run_exec(
         workdir=workdir,
     )
     exec_id = str(created["Id"])
-    if str(api.base_url).startswith("http+docker://ssh"):
+    if is_ssh_client(client):
         output = api.exec_start(exec_id, demux=True)
         stdout, stderr = output if isinstance(output, tuple) else (output, None)
         out, err = stdout or b"", stderr or b""
@@ -254,10 +254,15 @@ def _demux(data: bytes) -> tuple[bytes, bytes]:
     streams: dict[int, list[bytes]] = {1: [], 2: []}
     at = 0
     while at + 8 <= len(data):
-        kind, size = data[at], int.from_bytes(data[at + 4 : at + 8], "big")
+        kind, size = _frame_head(data[at : at + 8])
         streams.setdefault(kind, []).append(data[at + 8 : at + 8 + size])
         at += 8 + size
     return b"".join(streams[1]), b"".join(streams[2])
+
+
+def _frame_head(head: bytes) -> tuple[int, int]:
+    """A multiplexed frame's stream (1 stdout, 2 stderr) and payload size."""
+    return head[0], int.from_bytes(head[4:8], "big")
 
 
 # --- a shell kept open for commands run again and again ----------------------------------
@@ -340,8 +345,8 @@ class ShellSession:
         return code, out, err
 
     def _frame(self) -> tuple[int, bytes]:
-        head = self._read(8)
-        return head[0], self._read(int.from_bytes(head[4:8], "big"))
+        kind, size = _frame_head(self._read(8))
+        return kind, self._read(size)
 
     def _read(self, size: int) -> bytes:
         while len(self._buffer) < size:
