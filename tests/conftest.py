@@ -93,6 +93,11 @@ def builds_cleaned(docker_client: docker.DockerClient, pytester: pytest.Pytester
                 docker_client.images.remove(str(image.id), force=True)
 
 
+#: Parametrizes a test that runs an inner suite as users do: without xdist and with two
+#: workers (the test takes ``workers``, the arguments to add).
+SERIAL_AND_XDIST = pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+
+
 class InnerRuns:
     """Runs pytester's suite as users run it: pytest in a subprocess, against the local
     registry through the mirror, each run with its own run id and this test's cache dir."""

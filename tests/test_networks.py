@@ -17,11 +17,8 @@ import pytest
 
 from pytest_containers._containers import ContainerSpec
 from pytest_containers._networks import is_docker_mode, network_name
-from tests.conftest import InnerRuns
+from tests.conftest import SERIAL_AND_XDIST, InnerRuns
 from tests.testenv import BUSYBOX, MIRROR_OPTION, REDIS, run_containers, run_networks
-
-WORKERS = pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
-
 
 # -- pure logic ------------------------------------------------------------------------
 
@@ -107,7 +104,7 @@ def nothing_left(run_suite: InnerRuns, docker_client: docker.DockerClient) -> It
 
 
 @pytest.mark.docker
-@WORKERS
+@SERIAL_AND_XDIST
 def test_eight_tests_each_reach_their_own_cache_by_alias(
     run_suite: InnerRuns, pytester: pytest.Pytester, nothing_left: None, workers: list[str]
 ) -> None:
@@ -151,7 +148,7 @@ def test_eight_tests_each_reach_their_own_cache_by_alias(
 
 
 @pytest.mark.docker
-@WORKERS
+@SERIAL_AND_XDIST
 def test_teardown_in_every_order_of_fixture_setup_leaves_nothing_and_no_error(
     run_suite: InnerRuns, pytester: pytest.Pytester, nothing_left: None, workers: list[str]
 ) -> None:

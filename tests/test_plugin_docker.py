@@ -12,7 +12,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.conftest import InnerRuns
+from tests.conftest import SERIAL_AND_XDIST, InnerRuns
 from tests.testenv import BUSYBOX, MIRROR_OPTION, REDIS, RegistryLog
 
 pytestmark = pytest.mark.docker
@@ -25,7 +25,7 @@ def nothing_left(run_suite: InnerRuns, docker_client: docker.DockerClient) -> It
     assert run_suite.leftovers(docker_client) == []
 
 
-@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+@SERIAL_AND_XDIST
 def test_a_marked_test_gets_a_ready_redis(
     run_suite: InnerRuns, pytester: pytest.Pytester, workers: list[str]
 ) -> None:

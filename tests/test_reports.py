@@ -11,7 +11,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.conftest import InnerRuns
+from tests.conftest import SERIAL_AND_XDIST, InnerRuns
 from tests.testenv import BUSYBOX
 
 pytestmark = pytest.mark.docker
@@ -33,7 +33,7 @@ def _section(lines: list[str], title: str) -> list[str]:
     return lines[start + 1 : end]
 
 
-@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+@SERIAL_AND_XDIST
 def test_a_failed_test_shows_the_logs_of_a_module_scoped_container_written_during_it(
     run_suite: InnerRuns, pytester: pytest.Pytester, workers: list[str]
 ) -> None:
@@ -155,7 +155,7 @@ def test_log_lines_option_sets_how_many_lines_and_zero_shows_none(
     result.stdout.no_fnmatch_line("*container logs: *")
 
 
-@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+@SERIAL_AND_XDIST
 def test_junit_records_the_images_of_broader_scoped_fixtures_in_every_test_that_used_them(
     run_suite: InnerRuns, pytester: pytest.Pytester, tmp_path: Path, workers: list[str]
 ) -> None:

@@ -17,7 +17,7 @@ import docker.errors
 import pytest
 
 from pytest_containers._cleanup import local_identity
-from tests.conftest import InnerRuns
+from tests.conftest import SERIAL_AND_XDIST, InnerRuns
 from tests.testenv import (
     AUTH_REGISTRY,
     BUSYBOX,
@@ -30,7 +30,7 @@ from tests.testenv import (
 pytestmark = pytest.mark.docker
 
 
-@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+@SERIAL_AND_XDIST
 def test_kill_9_of_the_whole_run_leaves_no_container_within_10_seconds(
     pytester: pytest.Pytester, docker_client: docker.DockerClient, tmp_path: Path,
     run_suite: InnerRuns, workers: list[str],

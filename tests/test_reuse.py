@@ -19,7 +19,7 @@ import pytest
 
 from pytest_containers._cleanup import RUN_LABEL
 from pytest_containers._reuse import REUSE_DIR_LABEL, REUSE_LABEL
-from tests.conftest import InnerRuns
+from tests.conftest import SERIAL_AND_XDIST, InnerRuns
 from tests.testenv import (
     BUSYBOX,
     run_containers,
@@ -30,8 +30,6 @@ from tests.testenv import (
 
 pytestmark = pytest.mark.docker
 
-XDIST = [[], ["-n", "2"]]
-XDIST_IDS = ["serial", "xdist"]
 REUSE = "--container-reuse"
 
 Reused = Callable[[], dict[str, dict[str, str]]]
@@ -102,7 +100,7 @@ def write_suite(pytester: pytest.Pytester, ids: Path, *, env: str = "1", sleep: 
     )
 
 
-@pytest.mark.parametrize("workers", XDIST, ids=XDIST_IDS)
+@SERIAL_AND_XDIST
 def test_a_second_run_reuses_the_kept_container_resets_it_first_and_creates_none(
     run_suite: InnerRuns, pytester: pytest.Pytester, docker_client: docker.DockerClient,
     reused: Reused, tmp_path: Path, workers: list[str],
@@ -350,7 +348,7 @@ def test_a_reused_container_whose_reset_fails_is_removed_not_kept(
     assert set(reused()) == {fresh}
 
 
-@pytest.mark.parametrize("workers", XDIST, ids=XDIST_IDS)
+@SERIAL_AND_XDIST
 def test_kill_9_leaves_no_container_but_the_reused_one_which_the_next_run_takes(
     pytester: pytest.Pytester, docker_client: docker.DockerClient, tmp_path: Path,
     run_suite: InnerRuns, reused: Reused, workers: list[str],

@@ -9,6 +9,7 @@ import pytest
 
 from pytest_containers import Service, ServiceError, service, wait
 from pytest_containers._services import check_unique, parse_ini, parse_ini_line
+from tests.conftest import SERIAL_AND_XDIST
 
 
 def test_a_service_keeps_what_it_declares() -> None:
@@ -178,7 +179,7 @@ def test_a_hook_that_returns_something_else_is_a_usage_error(pytester: pytest.Py
     result.stderr.fnmatch_lines(["ERROR: pytest_containers_services must return a list of*"])
 
 
-@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+@SERIAL_AND_XDIST
 def test_a_hook_that_raises_stops_the_run_with_one_line_that_names_it(
     pytester: pytest.Pytester, workers: list[str]
 ) -> None:

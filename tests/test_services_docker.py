@@ -18,7 +18,7 @@ from typing import Any
 import docker
 import pytest
 
-from tests.conftest import InnerRuns
+from tests.conftest import SERIAL_AND_XDIST, InnerRuns
 from tests.testenv import (
     BUSYBOX,
     MIRROR_OPTION,
@@ -34,7 +34,6 @@ from tests.testenv import (
 
 pytestmark = pytest.mark.docker
 
-WORKERS = pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
 
 # A suite written as third-party suites are: it knows nothing of pytest-containers. Its
 # conftest asks the server for its version at session start (a tiny RESP client, no
@@ -180,7 +179,7 @@ def server_by_hand(docker_client: docker.DockerClient) -> Iterator[str]:
         raw.remove(force=True)
 
 
-@WORKERS
+@SERIAL_AND_XDIST
 def test_the_suite_against_a_server_started_by_hand(
     run_suite: InnerRuns,
     pytester: pytest.Pytester,
@@ -194,7 +193,7 @@ def test_the_suite_against_a_server_started_by_hand(
     assert _outcomes(result) == EXPECTED, result.stdout.str()
 
 
-@WORKERS
+@SERIAL_AND_XDIST
 @pytest.mark.parametrize(
     ("declared", "per"),
     [("ini", "worker"), ("ini", "run"), ("hook", "worker"), ("hook", "run")],
@@ -283,7 +282,7 @@ def test_an_option_given_on_the_command_line_wins(
     result.assert_outcomes(passed=1)
 
 
-@WORKERS
+@SERIAL_AND_XDIST
 def test_a_broken_service_stops_the_run_before_any_test(
     run_suite: InnerRuns,
     pytester: pytest.Pytester,
@@ -343,7 +342,7 @@ def test_without_an_engine_and_unavailable_skip_the_tests_are_skipped(
     assert "services not started" in failed.stderr.str()
 
 
-@WORKERS
+@SERIAL_AND_XDIST
 def test_a_reset_service_is_clean_for_every_test_but_its_first(
     run_suite: InnerRuns,
     pytester: pytest.Pytester,
@@ -528,7 +527,7 @@ def test_pyproject_declares_services_too(run_suite: InnerRuns, pytester: pytest.
     run_suite().assert_outcomes(passed=1)
 
 
-@WORKERS
+@SERIAL_AND_XDIST
 def test_kill_9_of_the_run_leaves_no_service_behind(
     run_suite: InnerRuns,
     pytester: pytest.Pytester,
@@ -633,7 +632,7 @@ def test_a_cold_service_image_is_pulled_once_for_the_run(
     assert registry_log.manifest_requests(image) == 1
 
 
-@WORKERS
+@SERIAL_AND_XDIST
 def test_keep_failed_keeps_the_services_of_a_run_with_a_failed_test(
     run_suite: InnerRuns,
     pytester: pytest.Pytester,

@@ -14,7 +14,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.conftest import InnerRuns
+from tests.conftest import SERIAL_AND_XDIST, InnerRuns
 from tests.testenv import (
     BUSYBOX,
     run_containers,
@@ -24,9 +24,6 @@ from tests.testenv import (
 )
 
 pytestmark = pytest.mark.docker
-
-XDIST = [[], ["-n", "2"]]
-XDIST_IDS = ["serial", "xdist"]
 
 
 @pytest.mark.parametrize("lookahead", ["1", "0"])
@@ -83,7 +80,7 @@ def test_a_container_started_ahead_that_exited_meanwhile_is_not_handed_over(
     assert run_suite.leftovers(docker_client) == []
 
 
-@pytest.mark.parametrize("workers", XDIST, ids=XDIST_IDS)
+@SERIAL_AND_XDIST
 def test_containers_started_ahead_for_tests_that_do_not_take_them_are_removed(
     run_suite: InnerRuns, pytester: pytest.Pytester, docker_client: docker.DockerClient,
     workers: list[str],
@@ -209,7 +206,7 @@ def test_reset_with_a_function_scope_is_a_collection_error_that_says_why(
     assert result.ret != 0
 
 
-@pytest.mark.parametrize("workers", XDIST, ids=XDIST_IDS)
+@SERIAL_AND_XDIST
 def test_background_removals_and_lookahead_leave_nothing(
     run_suite: InnerRuns, pytester: pytest.Pytester, docker_client: docker.DockerClient,
     workers: list[str],
@@ -234,7 +231,7 @@ def test_background_removals_and_lookahead_leave_nothing(
     assert run_suite.leftover_networks(docker_client) == []
 
 
-@pytest.mark.parametrize("workers", XDIST, ids=XDIST_IDS)
+@SERIAL_AND_XDIST
 def test_kill_9_with_pending_removals_and_lookahead_leaves_nothing_within_10_seconds(
     pytester: pytest.Pytester, docker_client: docker.DockerClient, tmp_path: Path,
     run_suite: InnerRuns, workers: list[str],

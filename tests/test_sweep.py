@@ -29,7 +29,7 @@ from pytest_containers._cleanup import (
     local_identity,
 )
 from pytest_containers._locks import ensure_private_dir
-from tests.conftest import InnerRuns
+from tests.conftest import SERIAL_AND_XDIST, InnerRuns
 from tests.testenv import BUSYBOX, MIRROR_OPTION, REGISTRY, ROOT, run_containers
 
 pytestmark = pytest.mark.docker
@@ -193,10 +193,10 @@ _manager.remove_container = fail_once
 """
 
 
-@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["serial", "xdist"])
+@SERIAL_AND_XDIST
 def test_the_end_of_the_run_removes_what_a_failed_teardown_left(
     run_suite: InnerRuns, pytester: pytest.Pytester, docker_client: docker.DockerClient,
-    xdist: list[str],
+    workers: list[str],
 ) -> None:  # fmt: skip
     pytester.makeconftest(FAILING_TEARDOWN_CONFTEST)
     pytester.makepyfile(
@@ -209,7 +209,7 @@ def test_the_end_of_the_run_removes_what_a_failed_teardown_left(
             pass
         """
     )
-    result = run_suite(*xdist)
+    result = run_suite(*workers)
     outcomes = result.parseoutcomes()
     assert outcomes["passed"] == 4
     # Removals run in the background, off the tests' path: a failed one errors no test,
@@ -220,14 +220,14 @@ def test_the_end_of_the_run_removes_what_a_failed_teardown_left(
 # -- what the sweep says ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["serial", "xdist"])
+@SERIAL_AND_XDIST
 def test_the_sweep_says_in_one_line_what_it_removed_and_why(
-    run_suite: InnerRuns, pytester: pytest.Pytester, dead_runs: DeadRuns, xdist: list[str],
+    run_suite: InnerRuns, pytester: pytest.Pytester, dead_runs: DeadRuns, workers: list[str],
 ) -> None:  # fmt: skip
     pytester.makepyfile(USES_A_CONTAINER)
     first, _ = dead_runs.leave(run_suite.cache_dir)
     second, _ = dead_runs.leave(run_suite.cache_dir)
-    result = run_suite(*xdist)
+    result = run_suite(*workers)
     result.assert_outcomes(passed=1)
     lines = [line for line in result.outlines if "dead run" in line]
     assert len(lines) == 1, lines
@@ -238,7 +238,7 @@ def test_the_sweep_says_in_one_line_what_it_removed_and_why(
     assert dead_runs.remaining() == []
 
     third, third_name = dead_runs.leave(run_suite.cache_dir)
-    result = run_suite("-v", *xdist)
+    result = run_suite("-v", *workers)
     # Under its own separator, so that it never reads as part of a failure's report.
     result.stdout.fnmatch_lines(
         [

@@ -11,7 +11,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.conftest import InnerRuns
+from tests.conftest import SERIAL_AND_XDIST, InnerRuns
 from tests.testenv import ROOT, SETTINGS
 
 pytestmark = pytest.mark.docker
@@ -76,7 +76,7 @@ def topology(monkeypatch: pytest.MonkeyPatch) -> Topology:
         ("ssh", "ssh://", "127.0.0.1"),
     ],
 )
-@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["serial", "xdist"])
+@SERIAL_AND_XDIST
 def test_tests_reach_containers_on_each_topology(
     topology: Topology,
     run_suite: InnerRuns,
@@ -84,11 +84,11 @@ def test_tests_reach_containers_on_each_topology(
     name: str,
     header: str,
     dialled: str,
-    xdist: list[str],
+    workers: list[str],
 ) -> None:
     environ = topology(name)
     run_suite.pytester.makepyfile(SUITE)
-    result = run_suite(*xdist)
+    result = run_suite(*workers)
     result.assert_outcomes(passed=2)
     engine_line = next(line for line in result.outlines if line.startswith("containers: "))
     assert header in engine_line
