@@ -24,6 +24,7 @@ import docker
 import pytest
 
 from pytest_containers._cache import ImageCache, PullPolicy
+from pytest_containers._engine import engine_identity
 from pytest_containers._image import Image
 from pytest_containers._lockfile import Pin, UnpinnedImageError
 from pytest_containers._pull import PullProgress
@@ -527,7 +528,7 @@ def test_close_lets_a_prefetch_under_way_finish_and_report_it(
 
 def test_engine_id_is_asked_once(docker_client: docker.DockerClient, tmp_path: Path) -> None:
     cache = _cache(docker_client, tmp_path)
-    assert cache.engine_id == docker_client.info()["ID"]
+    assert cache.engine_id == engine_identity(docker_client).key
     assert cache.engine_id is cache.engine_id
 
 

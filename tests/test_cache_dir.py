@@ -23,6 +23,7 @@ from pytest_containers._cleanup import (
     prune_run_scoped,
     run_lock_path,
 )
+from pytest_containers._engine import engine_identity
 from pytest_containers._lockfile import read_lockfile
 from pytest_containers._locks import (
     CacheDirError,
@@ -319,7 +320,7 @@ def test_a_planted_state_file_cannot_change_the_image_a_pin_runs(
     evil_id = str(docker_client.images.pull(f"{REGISTRY}/library/{evil}").id)
     # The state file of the pinned reference, as the cache names it, says "evil".
     resolved = parse_reference(image).with_digest(pin.digest).with_mirror(REGISTRY)
-    engine_id = str(docker_client.info()["ID"])
+    engine_id = engine_identity(docker_client).key
     write_json_atomic(
         key_path(run_suite.cache_dir, engine_id, str(resolved), "", suffix=".json"),
         {"run_id": "earlier", "reference": str(resolved), "image_id": evil_id,

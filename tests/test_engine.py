@@ -16,6 +16,7 @@ import pytest
 from pytest_containers._engine import (
     DEFAULT_SOCKET,
     Endpoint,
+    EngineIdentity,
     EngineInfo,
     _info_from_version,
     connect,
@@ -24,6 +25,8 @@ from pytest_containers._engine import (
     decide_access,
     describe_engine,
     endpoint_environ,
+    engine_identity,
+    identify_engine,
     own_container_id,
     resolve_endpoint,
 )
@@ -155,6 +158,66 @@ def test_podman_is_told_from_its_version_components() -> None:
     assert _info_from_version(docker_engine) == EngineInfo("Docker", "20.10.24")
 
 
+DOCKER_VERSION = {"Version": "20.10.24", "Components": [{"Name": "Engine"}]}
+PODMAN_VERSION = {"Version": "4.3.1", "Components": [{"Name": "Podman Engine"}]}
+
+
+def test_dockers_own_id_names_the_engine() -> None:
+    info = {"ID": "ABCD:EFGH", "Name": "host", "DockerRootDir": "/var/lib/docker"}
+    identity = identify_engine(info, DOCKER_VERSION, "unix:///var/run/docker.sock")
+    assert identity == EngineIdentity("docker-ABCD:EFGH", "the engine's ID", own_id=True)
+    # The same daemon through another endpoint (a tcp proxy, a context) is the same engine.
+    assert identify_engine(info, DOCKER_VERSION, "tcp://127.0.0.2:2375") == identity
+
+
+def test_podman_is_named_by_its_storage_root_not_its_random_id() -> None:
+    def podman(info_id: str, root: str = "/var/lib/containers/storage") -> EngineIdentity:
+        info = {"ID": info_id, "Name": "host", "DockerRootDir": root}
+        return identify_engine(info, PODMAN_VERSION, "unix:///run/podman/podman.sock")
+
+    # Podman answers a new ID on every /info; the identity does not follow it.
+    assert podman("1111").key == podman("2222").key
+    assert not podman("1111").own_id
+    assert podman("1111").source == "its name and storage root (host, /var/lib/containers/storage)"
+    # Rootless podman on the same host keeps its images elsewhere: another engine.
+    assert podman("1111").key != podman("1111", "/home/u/.local/share/containers/storage").key
+
+
+def test_an_engine_without_a_storage_root_is_named_by_its_name_and_endpoint() -> None:
+    info = {"ID": "random", "Name": "kubedock", "OperatingSystem": "kubernetes"}
+    here = identify_engine(info, {"ApiVersion": "1.25"}, "tcp://127.0.0.1:2475")
+    there = identify_engine(info, {"ApiVersion": "1.25"}, "tcp://127.0.0.1:2476")
+    assert here.key != there.key
+    assert here.source == "its name and endpoint (kubedock, tcp://127.0.0.1:2475)"
+
+
+def test_an_engine_that_says_nothing_is_named_by_its_endpoint() -> None:
+    for info, version in ((None, None), ({}, DOCKER_VERSION), ({"ID": ""}, None)):
+        identity = identify_engine(info, version, "unix:///tmp/engine.sock")
+        assert identity.key == identify_engine(None, None, "unix:///tmp/engine.sock").key
+        assert identity.source.startswith("its endpoint (unix:///tmp/engine.sock)")
+    assert (
+        identify_engine(None, None, "unix:///tmp/other.sock").key
+        != identify_engine(None, None, "unix:///tmp/engine.sock").key
+    )
+
+
+@pytest.mark.docker
+def test_the_engine_identity_is_the_same_in_every_process(
+    docker_client: docker.DockerClient,
+) -> None:
+    here = engine_identity(docker_client)
+    code = (
+        "import docker; from pytest_containers._engine import engine_identity; "
+        "print(engine_identity(docker.from_env()).key)"
+    )
+    elsewhere = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.strip()
+    assert elsewhere == here.key
+    assert here.key == f"docker-{docker_client.info()['ID']}" or not here.own_id
+
+
 @pytest.mark.docker
 def test_the_header_names_the_engine_and_where_it_was_found() -> None:
     line = describe_engine()
@@ -193,7 +256,11 @@ def test_the_header_probes_ipv6_literal_hosts_without_brackets() -> None:
         server.start()
         line = describe_engine(environ={"DOCKER_HOST": f"tcp://[::1]:{port}"})
         server.join(5)
-    assert line == f"Docker 99.1.0 at tcp://[::1]:{port} (DOCKER_HOST)"
+    # It answered /version only: its identity can come from nothing but its endpoint.
+    assert line == (
+        f"Docker 99.1.0 at tcp://[::1]:{port} (DOCKER_HOST), known by its endpoint "
+        f"(tcp://[::1]:{port}): /info gave no ID, name or storage root"
+    )
 
 
 # --- where the tests dial ----------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The address a test dials, on whichever engine topology the suite runs against.
+"""The address a test dials, and one pull per image, on whichever engine topology the
+suite runs against.
 
 scripts/topologies runs this file on every topology that scripts/topology.sh sets up
 (a tcp "remote" engine on 127.0.0.2, ssh, contexts, podman, tests inside a container...).
@@ -11,9 +12,12 @@ from __future__ import annotations
 import http.client
 import os
 
+import docker
 import pytest
 
 from pytest_containers import ContainerFactory, wait
+from tests.conftest import InnerRuns
+from tests.testenv import REGISTRY, SETTINGS, RegistryLog, push_unique_image, remove_image
 
 pytestmark = pytest.mark.docker
 
@@ -39,3 +43,35 @@ def test_a_published_port_answers_at_the_address_the_test_is_given(
         assert connection.getresponse().read() == b"topology\n"
     finally:
         connection.close()
+
+
+def test_two_workers_pull_a_cold_image_once(
+    docker_client: docker.DockerClient,
+    run_suite: InnerRuns,
+    pytester: pytest.Pytester,
+    registry_log: RegistryLog,
+) -> None:
+    """Every process of a run, on every kind of engine, takes the same lock for an image:
+    podman's /info answers a new ID on each request, so the engine's identity must not
+    come from it."""
+    # Pushed through the machine's own dockerd: the topology's engine must not have it.
+    local = docker.DockerClient(base_url=f"unix://{SETTINGS['TESTENV_ENGINE_SOCKET']}")
+    try:
+        image = push_unique_image(local)
+    finally:
+        local.close()
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        @pytest.mark.parametrize("n", range(4))
+        @pytest.mark.container("{image}", command=["sleep", "30"])
+        def test_image(container, n):
+            assert container.exec(["cat", "/etc/image-id"]).stdout == "{image.split(":")[0]}"
+        """
+    )
+    try:
+        run_suite("-n", "2").assert_outcomes(passed=4)
+        assert registry_log.manifest_requests(image) == 1, os.environ.get("TESTENV_TOPOLOGY")
+    finally:
+        remove_image(docker_client, f"{REGISTRY}/library/{image}")

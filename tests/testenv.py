@@ -195,7 +195,8 @@ def remove_image(client: docker.DockerClient, reference: str) -> None:
     except docker.errors.ImageNotFound:
         return
     for name in [*image.tags, str(image.id)]:
-        with contextlib.suppress(docker.errors.ImageNotFound):
+        # podman removes the image with its last tag and then says NotFound for the id.
+        with contextlib.suppress(docker.errors.NotFound):
             client.images.remove(name, force=True)
 
 

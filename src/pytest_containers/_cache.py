@@ -61,6 +61,7 @@ from pytest_containers._cache_records import (
     repo_digests,
     write_record,
 )
+from pytest_containers._engine import engine_identity
 from pytest_containers._image import Image
 from pytest_containers._lockfile import Pin, UnpinnedImageError, pin_key
 from pytest_containers._locks import (
@@ -205,13 +206,12 @@ class ImageCache:
 
     @property
     def engine_id(self) -> str:
-        """The engine's id (``docker info``), asked once; keys the cache per engine."""
+        """The engine's identity (:func:`~._engine.engine_identity`), asked once; keys the
+        cache per engine, the same in every process that talks to that engine."""
         # Its own lock: docker info may be slow, and must not hold up other bookkeeping.
         with self._engine_lock:
             if self._engine_id is None:
-                info: dict[str, Any] = self.client.info()
-                # Engines without an ID (some Docker-compatible ones) fall back to the URL.
-                self._engine_id = str(info.get("ID") or self.client.api.base_url)
+                self._engine_id = engine_identity(self.client).key
             return self._engine_id
 
     def get(self, image: str, *, platform: str | None = None) -> Image:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pytest_containers._engine import (
     access_for,
     connect,
+    engine_identity,
     engine_info,
     own_container_id,
     resolve_endpoint,
@@ -74,6 +75,7 @@ def _check(settings: Settings, line: Callable[[str], None]) -> None:
     try:
         info = engine_info(client)
         line(f"engine: {info} (API {client.api.api_version})")
+        line(f"engine identity: from {engine_identity(client).source}")
         own = own_container_id(client)
         if own is None:
             line("this process runs in no container of this engine")

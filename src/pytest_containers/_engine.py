@@ -9,6 +9,8 @@ tests reach the containers it runs.
 * :func:`describe_engine` is the report header's line; :func:`access_for` decides the
   address tests dial and the host IP ports are published on; :func:`own_container_id`
   tells whether this process runs in a container of that engine.
+* :func:`engine_identity` names the engine in every lock and state file, the same in
+  every process that talks to it (podman's ``/info`` ID changes on every request).
 * :func:`docker_time` reads the engine's timestamps.
 
 Streams from the engine (followed logs, a pull's or a build's progress that must be cut
@@ -23,6 +25,7 @@ topology), which runs without coverage; the suite's engine is the local socket.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import importlib
 import ipaddress
 import json
@@ -53,6 +56,7 @@ __all__ = [
     "DEFAULT_SOCKET",
     "Access",
     "Endpoint",
+    "EngineIdentity",
     "EngineInfo",
     "Tls",
     "access_for",
@@ -61,7 +65,9 @@ __all__ = [
     "describe_engine",
     "docker_time",
     "endpoint_environ",
+    "engine_identity",
     "engine_info",
+    "identify_engine",
     "is_podman",
     "own_container_id",
     "resolve_endpoint",
@@ -230,35 +236,113 @@ def _info_from_version(data: Mapping[str, Any]) -> EngineInfo:
 
 
 _INFO_LOCK = threading.Lock()
-_INFOS: dict[str, EngineInfo] = {}
+_VERSIONS: dict[str, dict[str, Any]] = {}
+
+
+def _version_of(client: docker.DockerClient) -> dict[str, Any]:
+    """The engine's ``/version`` answer, asked once per endpoint."""
+    key = client_endpoint(client).url
+    with _INFO_LOCK:
+        known = _VERSIONS.get(key)
+    if known is None:
+        known = dict(client.version())
+        with _INFO_LOCK:
+            _VERSIONS[key] = known
+    return known
 
 
 def engine_info(client: docker.DockerClient) -> EngineInfo:
     """What the engine behind ``client`` is, asked once per endpoint."""
-    key = client_endpoint(client).url
+    return _info_from_version(_version_of(client))
+
+
+# --- which engine it is ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EngineIdentity:
+    """Which engine this is: ``key`` is the same in every process that talks to the same
+    engine and differs between engines; it names the engine in every lock and state file
+    (image pulls, builds). ``source`` says what it was derived from, for the doctor;
+    ``own_id`` whether that is the engine's own stable ID."""
+
+    key: str
+    source: str
+    own_id: bool = False
+
+
+def identify_engine(
+    info: Mapping[str, Any] | None, version: Mapping[str, Any] | None, endpoint_url: str
+) -> EngineIdentity:
+    """The identity of the engine that answered ``info`` (``/info``) and ``version``
+    (``/version``) at ``endpoint_url``; either answer may be missing.
+
+    Docker's daemon keeps its ``ID`` for life. Podman answers a new random ``ID`` on every
+    request, and other Docker-compatible engines promise nothing, so for them the identity
+    is derived from what does not change: the engine's name and its storage root (which
+    tells a rootful podman from a rootless one on the same host), and the endpoint when
+    there is no storage root to tell two engines of one name apart.
+    """
+    info = info or {}
+    components = (version or {}).get("Components") or []
+    docker_daemon = any(str((c or {}).get("Name") or "") == "Engine" for c in components)
+    engine_id = str(info.get("ID") or "")
+    if docker_daemon and engine_id:
+        return EngineIdentity(f"docker-{engine_id}", "the engine's ID", own_id=True)
+    name = str(info.get("Name") or "")
+    root = str(info.get("DockerRootDir") or "")
+    if root:
+        parts = ["root", name, root]
+        source = f"its name and storage root ({name or '?'}, {root})"
+    elif name:
+        parts = ["name", name, endpoint_url]
+        source = f"its name and endpoint ({name}, {endpoint_url})"
+    else:
+        parts = ["endpoint", endpoint_url]
+        source = f"its endpoint ({endpoint_url}): /info gave no ID, name or storage root"
+    digest = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
+    return EngineIdentity(f"{parts[0]}-{digest}", source)
+
+
+_IDENTITIES: dict[str, EngineIdentity] = {}
+
+
+def engine_identity(client: docker.DockerClient) -> EngineIdentity:
+    """The identity (:func:`identify_engine`) of the engine behind ``client``, asked once
+    per endpoint; an engine whose ``/info`` or ``/version`` fails is known by its endpoint."""
+    url = client_endpoint(client).url
     with _INFO_LOCK:
-        known = _INFOS.get(key)
-    if known is None:
-        known = _info_from_version(client.version())
-        with _INFO_LOCK:
-            _INFOS[key] = known
+        known = _IDENTITIES.get(url)
+    if known is not None:
+        return known
+    try:
+        info: dict[str, Any] | None = client.info()
+    except Exception:  # an engine that cannot say: its endpoint still names it
+        info = None
+    try:
+        version: dict[str, Any] | None = _version_of(client)
+    except Exception:
+        version = None
+    known = identify_engine(info, version, url)
+    with _INFO_LOCK:
+        _IDENTITIES[url] = known
     return known
 
 
-def _bare_version(endpoint: Endpoint, timeout: float) -> dict[str, Any] | None:
-    """GET /version over a plain socket, or ``None`` for transports this does not speak
+def _bare_get(endpoint: Endpoint, path: str, timeout: float) -> dict[str, Any] | None:
+    """GET ``path`` over a plain socket, or ``None`` for transports this does not speak
     (TLS, ssh). Raises OSError and friends when the engine does not answer."""
     import http.client
 
     connection: http.client.HTTPConnection
     if endpoint.scheme == "unix":
-        path = endpoint.url[len("unix://") :]
+        socket_path = endpoint.url[len("unix://") :]
 
         class _UnixConnection(http.client.HTTPConnection):
             def connect(self) -> None:
                 self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 self.sock.settimeout(timeout)
-                self.sock.connect(path)
+                self.sock.connect(socket_path)
 
         connection = _UnixConnection("docker", timeout=timeout)
     elif endpoint.scheme == "tcp" and endpoint.tls is None:
@@ -269,7 +353,7 @@ def _bare_version(endpoint: Endpoint, timeout: float) -> dict[str, Any] | None:
     else:
         return None
     try:
-        connection.request("GET", "/version")
+        connection.request("GET", path)
         response = connection.getresponse()
         data = json.loads(response.read())
     finally:
@@ -277,12 +361,23 @@ def _bare_version(endpoint: Endpoint, timeout: float) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else {}
 
 
-def describe_engine(*, timeout: float = 3.0, environ: Mapping[str, str] | None = None) -> str:
-    """``"Docker 20.10.24 at unix:///var/run/docker.sock (the default socket)"``.
+def _bare_info(endpoint: Endpoint, timeout: float) -> dict[str, Any] | None:
+    """``/info`` over a plain socket, or ``None`` when the engine cannot say."""
+    import http.client
 
-    Asks the engine's /version over a bare socket where it can, so that a run which starts
-    no container pays neither docker-py's import nor more than a moment; TLS and ssh
-    engines are asked through docker-py. Says what was tried when nothing answers.
+    try:
+        return _bare_get(endpoint, "/info", timeout)
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+
+
+def describe_engine(*, timeout: float = 3.0, environ: Mapping[str, str] | None = None) -> str:
+    """``"Docker 20.10.24 at unix:///var/run/docker.sock (the default socket)"``, and
+    where the engine's identity came from when the engine has no stable ID of its own.
+
+    Asks the engine's /version and /info over a bare socket where it can, so that a run
+    which starts no container pays neither docker-py's import nor more than a moment; TLS
+    and ssh engines are asked through docker-py. Says what was tried when nothing answers.
     """
     import http.client
 
@@ -292,18 +387,21 @@ def describe_engine(*, timeout: float = 3.0, environ: Mapping[str, str] | None =
         return f"no engine found ({error})"
     for candidate in (endpoint, *endpoint.fallbacks):
         try:
-            data = _bare_version(candidate, timeout)
-            if data is None:
+            version = _bare_get(candidate, "/version", timeout)
+            if version is None:
                 client = connect(candidate, connect_timeout=timeout)
                 try:
                     info = engine_info(client)
+                    identity = engine_identity(client)
                 finally:
                     client.close()
             else:
-                info = _info_from_version(data)
+                info = _info_from_version(version)
+                identity = identify_engine(_bare_info(candidate, timeout), version, candidate.url)
         except (OSError, ValueError, http.client.HTTPException, EngineUnavailableError):
             continue
-        return f"{info} at {candidate.describe()}"
+        known_by = "" if identity.own_id else f", known by {identity.source}"
+        return f"{info} at {candidate.describe()}{known_by}"
     return f"not answering at {endpoint.describe()}"
 
 
