@@ -140,6 +140,7 @@ def test_the_doctor_passes_on_each_topology(
         [
             "container-doctor: engine source used: *",
             "container-doctor: engine: * (API *)",
+            "container-doctor: engine identity: from *",
             "container-doctor: tests dial: *",
             "container-doctor: reached * at *",
             "container-doctor: removed *",
@@ -148,6 +149,10 @@ def test_the_doctor_passes_on_each_topology(
     )
     if name == "podman":
         result.stdout.fnmatch_lines(["container-doctor: engine: Podman *"])
+        # Its /info ID changes on every request: never the identity of a podman engine.
+        result.stdout.fnmatch_lines(["container-doctor: engine identity: from its name and *"])
+    else:
+        result.stdout.fnmatch_lines(["container-doctor: engine identity: from the engine's ID"])
 
 
 def test_the_doctor_names_the_failing_step_when_the_engine_is_down(
