@@ -188,6 +188,26 @@ def push_unique_image(
     return f"{name}:1"
 
 
+def tag_in_registry(image: str, prefix: str = "pct") -> str:
+    """Tag the registry's ``image`` (a seed image, Hub style) anew, with the registry's own
+    API: a reference no engine has pulled yet, made without a local engine or files (so
+    tests inside a container can make one too). Returns it (``busybox:pct-1a2b…``)."""
+    name, _, tag = image.rpartition(":")
+    base = f"http://{REGISTRY}/v2/{hub_repository(name)}/manifests"
+    kind = "application/vnd.docker.distribution.manifest.v2+json"
+    request = urllib.request.Request(f"{base}/{tag}", headers={"Accept": kind})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        manifest = response.read()
+        kind = response.headers.get("Content-Type", kind)
+    new_tag = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    put = urllib.request.Request(
+        f"{base}/{new_tag}", data=manifest, method="PUT", headers={"Content-Type": kind}
+    )
+    with urllib.request.urlopen(put, timeout=30):
+        pass
+    return f"{name}:{new_tag}"
+
+
 def remove_image(client: docker.DockerClient, reference: str) -> None:
     """Remove ``reference`` and every other tag of the same image, so the next pull is cold."""
     try:
