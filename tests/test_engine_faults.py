@@ -10,8 +10,10 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,9 +22,18 @@ from pathlib import Path
 import docker
 import pytest
 
-from pytest_containers._faults import EngineGuard, engine_gone
+from pytest_containers._endpoint import resolve_endpoint
+from pytest_containers._faults import (
+    EngineGuard,
+    container_fault,
+    engine_gone,
+    never_sent,
+    oom_killed,
+    retry_unsent,
+)
+from pytest_containers._image import Image
 from pytest_containers.errors import EngineUnavailableError
-from tests.conftest import InnerRuns
+from tests.conftest import SERIAL_AND_XDIST, InnerRuns
 from tests.testenv import BUSYBOX, MIRROR_OPTION, ROOT
 
 pytestmark = pytest.mark.docker
@@ -271,6 +282,220 @@ def test_the_guard_waits_for_an_engine_that_comes_back_and_not_for_one_that_is_g
         client.close()
 
 
+# -- an engine out of reach for a moment ----------------------------------------------
+
+
+class SocketProxy:
+    """A unix socket in front of the engine's that forwards bytes both ways and can drop
+    out as a restarted engine or proxy does: :meth:`drop` closes its listening socket,
+    removes the socket file and cuts every connection; :meth:`restore` listens again."""
+
+    def __init__(self, path: Path, engine: str) -> None:
+        self.path = path
+        self.host = f"unix://{path}"
+        self._engine = engine
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self._accepting: threading.Thread | None = None
+        #: The first line of each request that came through (method and path).
+        self.requests: list[str] = []
+
+    def restore(self) -> None:
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(self.path))
+        listener.listen(64)
+        self._listener = listener
+        self._accepting = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        self._accepting.start()
+
+    def drop(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way
+            listener.close()
+        if self._accepting is not None:
+            self._accepting.join()
+        self.path.unlink(missing_ok=True)
+        with self._lock:
+            cut = list(self._open)
+        for connection in cut:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        engine = socket.socket(socket.AF_UNIX)
+        with self._lock:
+            self._open.update((client, engine))
+        try:
+            engine.connect(self._engine)
+            upstream = threading.Thread(target=self._pump, args=(client, engine, True), daemon=True)
+            upstream.start()
+            self._pump(engine, client, False)
+            upstream.join()
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._open.difference_update((client, engine))
+            client.close()
+            engine.close()
+
+    def _pump(self, source: socket.socket, target: socket.socket, requests: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if requests and data.split(b" ", 1)[0] in (b"GET", b"POST", b"HEAD", b"PUT"):
+                    self.requests.append(data.split(b"\r\n", 1)[0].decode(errors="replace"))
+                target.sendall(data)
+        # An end of input passed on as one (the engine's answer may still come).
+        with contextlib.suppress(OSError):
+            target.shutdown(socket.SHUT_WR)
+
+
+@pytest.fixture
+def engine_proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[SocketProxy]:
+    """A :class:`SocketProxy` in front of the suite's engine, which DOCKER_HOST names."""
+    engine = resolve_endpoint()
+    if engine.scheme != "unix":
+        pytest.skip("needs the engine on a unix socket to put a proxy in front of it")
+    root = Path(f"/tmp/pct-proxy-{uuid.uuid4().hex[:8]}")
+    root.mkdir(mode=0o700)
+    proxy = SocketProxy(root / "docker.sock", engine.url.removeprefix("unix://"))
+    proxy.restore()
+    monkeypatch.setenv("DOCKER_HOST", proxy.host)
+    try:
+        yield proxy
+    finally:
+        proxy.drop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+BLIP_SUITE = f"""
+import pathlib, time
+import pytest
+
+HERE = pathlib.Path(__file__).parent
+
+def wait_for(name):
+    deadline = time.monotonic() + 120
+    while not (HERE / name).exists():
+        assert time.monotonic() < deadline, f"no {{name}}"
+        time.sleep(0.02)
+
+@pytest.mark.container("{BUSYBOX}", command=["sh", "-c", "echo hello; exec sleep 300"])
+@pytest.mark.parametrize("n", range(4))
+def test_exec_and_logs_across_a_blip(container, n):
+    assert container.exec(["true"]).exit_code == 0
+    (HERE / f"ready-{{n}}").touch()
+    wait_for("dropped")
+    # The engine is out of reach now: these calls cannot connect, so they wait and go again.
+    assert container.exec(["echo", "hi"]).output == "hi\\n"
+    assert "hello" in container.logs()
+    container.reload()
+    assert container.status == "running"
+    # Not before the proxy was back (restoring is written just before it is).
+    assert (HERE / "restoring").exists()
+"""
+
+
+@SERIAL_AND_XDIST
+def test_an_engine_out_of_reach_for_a_second_costs_no_test(
+    engine_proxy: SocketProxy, run_suite: InnerRuns, pytester: pytest.Pytester,
+    docker_client: docker.DockerClient, workers: list[str],
+) -> None:  # fmt: skip
+    pytester.makepyfile(test_blip=BLIP_SUITE)
+    # The proxy drops once every process has a test waiting for it: nothing is under way.
+    processes = 2 if workers else 1
+
+    def blip() -> None:
+        deadline = time.monotonic() + 240
+        while len(list(pytester.path.glob("ready-*"))) < processes:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+        engine_proxy.drop()
+        (pytester.path / "dropped").touch()
+        time.sleep(1)
+        (pytester.path / "restoring").touch()
+        engine_proxy.restore()
+
+    blipping = threading.Thread(target=blip, daemon=True)
+    blipping.start()
+    result = run_suite(*workers)
+    blipping.join(timeout=60)
+    assert (pytester.path / "restoring").exists(), result.stdout.str()
+    result.assert_outcomes(passed=4)
+    assert "EngineUnavailableError" not in result.stdout.str()
+    assert run_suite.leftovers(docker_client) == []
+
+
+def test_a_request_that_could_not_connect_waits_for_the_engine_and_goes_again(
+    engine_proxy: SocketProxy,
+) -> None:
+    client = docker.DockerClient(base_url=engine_proxy.host, version="1.41", timeout=30)
+    # The guard pings through the same client, as the plugin's does: it must not wait on
+    # itself.
+    retry_unsent(client, EngineGuard(client.ping, grace=30, location=engine_proxy.host))
+    answers: list[dict[str, object]] = []
+    asking = threading.Thread(target=lambda: answers.append(client.version()), daemon=True)
+    try:
+        engine_proxy.drop()
+        back = threading.Timer(1, engine_proxy.restore)
+        back.start()
+        asking.start()
+        asking.join(timeout=20)
+        back.join()
+        assert answers, "no answer once the engine was back"
+        assert engine_proxy.requests[-1].startswith("GET /v1.41/version ")
+    finally:
+        client.close()
+
+
+def test_a_request_cut_after_it_was_sent_is_not_sent_again(
+    engine_proxy: SocketProxy, docker_client: docker.DockerClient, busybox: Image,
+) -> None:  # fmt: skip
+    sleeper = docker_client.containers.run(busybox.id, ["sleep", "300"], detach=True)
+    client = docker.DockerClient(base_url=engine_proxy.host, version="1.41", timeout=30)
+    retry_unsent(client, EngineGuard(client.ping, grace=30, location=engine_proxy.host))
+    failures: list[Exception] = []
+
+    def wait_for_its_exit() -> None:
+        try:
+            client.api.wait(str(sleeper.id))
+        except Exception as error:
+            failures.append(error)
+
+    waiting = threading.Thread(target=wait_for_its_exit, daemon=True)
+    try:
+        waiting.start()
+        deadline = time.monotonic() + 30
+        while not any("/wait" in line for line in engine_proxy.requests):
+            assert time.monotonic() < deadline, engine_proxy.requests
+            time.sleep(0.02)
+        engine_proxy.drop()
+        engine_proxy.restore()  # back at once: a retry would get through, and wait 300 s
+        waiting.join(timeout=20)
+        assert not waiting.is_alive(), "the cut request was sent again"
+        (failure,) = failures
+        assert engine_gone(failure)
+        assert not never_sent(failure)
+        assert [line for line in engine_proxy.requests if "/wait" in line] == [
+            f"POST /v1.41/containers/{sleeper.id}/wait HTTP/1.1"
+        ]
+    finally:
+        client.close()
+        sleeper.remove(force=True)
+
+
 # -- containers killed or removed from outside ----------------------------------------
 
 FROM_OUTSIDE_SUITE = f"""
@@ -320,6 +545,40 @@ def test_a_container_killed_or_removed_from_outside_fails_its_test_saying_which(
     )
     assert "docker.errors" not in result.stdout.str()
     assert run_suite.leftovers(docker_client) == []
+
+
+def test_an_oom_kill_the_engine_recorded_after_the_exit_is_still_an_oom_kill(
+    docker_client: docker.DockerClient, busybox: Image
+) -> None:
+    # What dockerd says on a busy machine when it handled the exit before the OOM:
+    # OOMKilled false. Its oom event says otherwise, and has the last word.
+    hog = docker_client.containers.run(
+        busybox.id, ["tail", "/dev/zero"], mem_limit="32m", memswap_limit="32m", detach=True
+    )
+    try:
+        hog.wait(timeout=60)
+        attrs = docker_client.api.inspect_container(str(hog.id))
+        assert attrs["State"]["ExitCode"] == 137
+        exit_first = {**attrs, "State": {**attrs["State"], "OOMKilled": False}}
+        assert oom_killed(docker_client, exit_first)
+    finally:
+        hog.remove(force=True)
+
+
+def test_a_container_with_a_memory_limit_killed_from_outside_is_not_called_oom_killed(
+    docker_client: docker.DockerClient, busybox: Image
+) -> None:
+    sleeper = docker_client.containers.run(
+        busybox.id, ["sleep", "300"], mem_limit="32m", memswap_limit="32m", detach=True
+    )
+    try:
+        sleeper.kill()
+        sleeper.wait(timeout=60)
+        said = container_fault(docker_client, str(sleeper.id), "sleeper")
+        assert said is not None
+        assert "was killed from outside (SIGKILL, exit code 137" in str(said)
+    finally:
+        sleeper.remove(force=True)
 
 
 SHARED_DIES_SUITE = f"""

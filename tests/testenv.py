@@ -347,15 +347,28 @@ class Starter:
 
 class MisbehavingRegistry(http.server.ThreadingHTTPServer):
     """Forwards to the test registry, except that it answers 429 to manifest requests
-    (``mode="rate-limit"``), never answers blob requests (``mode="stall-blobs"``) or
-    answers them 2.5 s late (``mode="slow-blobs"``)."""
+    (``mode="rate-limit"``), never answers blob requests (``mode="stall-blobs"``),
+    answers them 2.5 s late (``mode="slow-blobs"``), or answers no manifest request
+    before manifests of ``expected`` repositories were asked for (``mode="meet"``: pulls
+    made together get through, pulls made one after another wait 30 s, then ``missed``)."""
 
     daemon_threads = True
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, expected: int = 0) -> None:
         super().__init__(("127.0.0.1", 0), _MisbehavingHandler)
         self.mode = mode
         self.release = threading.Event()
+        self.expected = expected
+        self.asked: set[str] = set()
+        self.met = threading.Condition()
+        self.missed = False
+
+    def meet(self, repository: str) -> None:
+        with self.met:
+            self.asked.add(repository)
+            self.met.notify_all()
+            if not self.met.wait_for(lambda: len(self.asked) >= self.expected, timeout=30):
+                self.missed = True
 
     @property
     def address(self) -> str:
@@ -393,15 +406,21 @@ class _MisbehavingHandler(http.server.BaseHTTPRequestHandler):
             if body:
                 self.wfile.write(payload)
             return
+        if self.server.mode == "meet" and "/manifests/" in self.path:
+            self.server.meet(self.path.split("/manifests/")[0])
         if self.server.mode == "stall-blobs" and "/blobs/" in self.path:
             self.server.release.wait(60)
             return
         if self.server.mode == "slow-blobs" and "/blobs/" in self.path:
             self.server.release.wait(2.5)  # then forward: a pull that takes a few seconds
+        # The engine sends one Accept line per manifest type: kept apart as a dict's keys,
+        # all but the last are lost, and the registry answers a schema 1 manifest instead.
+        headers: dict[str, str] = {}
+        for key, value in self.headers.items():
+            if key.lower() != "host":
+                headers[key] = f"{headers[key]}, {value}" if key in headers else value
         request = urllib.request.Request(
-            f"http://{REGISTRY}{self.path}",
-            headers={k: v for k, v in self.headers.items() if k.lower() != "host"},
-            method=self.command,
+            f"http://{REGISTRY}{self.path}", headers=headers, method=self.command
         )
         try:
             response = urllib.request.urlopen(request, timeout=10)
@@ -419,8 +438,8 @@ class _MisbehavingHandler(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def misbehaving_registry(mode: str) -> Iterator[MisbehavingRegistry]:
-    server = MisbehavingRegistry(mode)
+def misbehaving_registry(mode: str, expected: int = 0) -> Iterator[MisbehavingRegistry]:
+    server = MisbehavingRegistry(mode, expected)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

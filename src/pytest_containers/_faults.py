@@ -5,10 +5,13 @@
   :class:`EngineGuard` waits a bounded grace period for the engine to answer again
   before an action is retried once, so that a quick restart costs no test; after that,
   one short :class:`~pytest_containers.errors.EngineUnavailableError`, and later actions
-  fail at once instead of each waiting again.
+  fail at once instead of each waiting again. :func:`retry_unsent` does the same for
+  every request of a client that never reached the engine (:func:`never_sent`), the
+  tests' own calls included; a request that failed after it went out is not sent again.
 * **A container was killed, OOM-killed or removed from outside**: :func:`container_fault`
   asks the engine what became of it and says which, as a
-  :class:`~pytest_containers.errors.ContainerError`.
+  :class:`~pytest_containers.errors.ContainerError`; a SIGKILL is checked against the
+  engine's own ``oom`` event, which can come after the exit was recorded.
 
 pytest-free; docker-py and requests are imported only when a fault is examined.
 
@@ -20,10 +23,12 @@ for the common ones.
 
 from __future__ import annotations
 
+import functools
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pytest_containers.errors import ContainerError, EngineUnavailableError
 
@@ -32,12 +37,23 @@ if TYPE_CHECKING:
 
     from pytest_containers._containers import Container
 
-__all__ = ["EngineGuard", "container_fault", "engine_gone", "test_fault"]
+__all__ = [
+    "EngineGuard",
+    "container_fault",
+    "engine_gone",
+    "never_sent",
+    "oom_killed",
+    "retry_unsent",
+    "test_fault",
+]
 
 T = TypeVar("T")
 
 #: How often the guard asks a silent engine whether it is back.
 _POLL = 0.2
+#: How long after a SIGKILL of a container with a memory limit the engine may still
+#: report that it was the OOM killer (dockerd handles the two events in either order).
+OOM_EVENT_DELAY = 5.0
 
 
 def _causes(error: BaseException) -> Iterable[BaseException]:
@@ -76,6 +92,36 @@ def engine_gone(error: BaseException) -> bool:
     return False
 
 
+def never_sent(error: BaseException) -> bool:
+    """Whether ``error`` says that a request never reached the engine: its connection
+    could not be made (refused, the unix socket missing, a tcp connect that failed or
+    timed out). Sending it again is safe whatever it does. A request that failed later (a
+    reply lost, a stream cut, a reset after it went out) may have been acted on: False."""
+    import requests.exceptions
+    import urllib3.exceptions
+
+    causes = list(_causes(error))
+    # requests wraps every transport failure; a FileNotFoundError of its own (a file to
+    # upload) is not the socket's.
+    if not any(isinstance(cause, requests.exceptions.ConnectionError) for cause in causes):
+        return False
+    # ECONNREFUSED and ENOENT come from connect() only; urllib3 names a failed tcp
+    # connect (NewConnectionError is a ConnectTimeoutError).
+    return any(
+        isinstance(
+            cause,
+            (urllib3.exceptions.ConnectTimeoutError, ConnectionRefusedError, FileNotFoundError),
+        )
+        for cause in causes
+    )
+
+
+class _Pinging(threading.local):
+    """Whether this thread is asking the engine whether it answers (see EngineGuard)."""
+
+    active = False
+
+
 class EngineGuard:
     """Runs engine actions so that an engine that went away is waited for, within
     ``grace`` seconds, and then reported in one line.
@@ -95,6 +141,13 @@ class EngineGuard:
         self.gone = False
         #: How many outages the engine came back from.
         self.recovered = 0
+        self._pinging = _Pinging()
+
+    @property
+    def pinging(self) -> bool:
+        """Whether this thread is inside the guard's own ping: a request it makes must not
+        wait for the engine again (see :func:`retry_unsent`)."""
+        return self._pinging.active
 
     def run(self, action: Callable[[], T], *, what: str) -> T:
         """``action()``; if the engine went away during it, wait for the engine and run
@@ -139,10 +192,13 @@ class EngineGuard:
                 time.sleep(_POLL)
 
     def _answers(self) -> bool:
+        self._pinging.active = True
         try:
             self._ping()
         except Exception:
             return False
+        finally:
+            self._pinging.active = False
         return True
 
     def unavailable(self, what: str, error: BaseException | None = None) -> EngineUnavailableError:
@@ -163,6 +219,37 @@ class EngineGuard:
             f"the tests after it wait up to {self.grace:g} s (--container-engine-grace) for "
             "it to come back"
         )
+
+
+def retry_unsent(client: docker.DockerClient, guard: EngineGuard) -> None:
+    """Have every request of ``client`` that never reached the engine (see
+    :func:`never_sent`) wait for the engine as ``guard`` does and go again, within the
+    guard's grace: the tests' own calls through their Container handles as well as the
+    plugin's, streams included. docker-py's APIClient is a requests Session, whose
+    ``send`` every call goes through. Once per client."""
+    api = client.api
+    send = api.send
+    if hasattr(send, "__wrapped__"):
+        return
+
+    @functools.wraps(send)
+    def send_until_sent(request: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + guard.grace
+        retried = False
+        while True:
+            try:
+                return send(request, **kwargs)
+            except Exception as error:
+                # The guard's own ping says whether the engine answers: it is not retried.
+                if guard.pinging or not never_sent(error) or time.monotonic() >= deadline:
+                    raise
+                if retried:
+                    time.sleep(_POLL)  # the ping got through and this did not: no busy loop
+                if not guard.wait():
+                    raise
+                retried = True
+
+    api.send = send_until_sent  # type: ignore[method-assign]
 
 
 def _short(error: BaseException) -> str:
@@ -193,7 +280,7 @@ def container_fault(
     if state.get("Running") and not state.get("Paused"):
         return None
     code = state.get("ExitCode")
-    if state.get("OOMKilled"):
+    if oom_killed(client, attrs):
         what = (
             f"was OOM-killed (out of memory, exit code {code}); give it more memory "
             "(mem_limit=...) or make it use less"
@@ -209,6 +296,44 @@ def container_fault(
     return ContainerError(f"the container {name} {what}", image=image, container=name)
 
 
+def oom_killed(client: docker.DockerClient, attrs: dict[str, Any]) -> bool:
+    """Whether the engine's final word on a container (``attrs``, as inspected) is that
+    the OOM killer ended it: ``State.OOMKilled``, or else an ``oom`` event around a
+    SIGKILL exit.
+
+    dockerd takes ``OOMKilled`` from what it knows when it handles the exit, and may
+    handle the cgroup's OOM after that (on a busy machine it does): the event is then its
+    only record. Asked only of a container with a memory limit, so that other kills stay
+    fast, over a window that ends :data:`OOM_EVENT_DELAY` seconds after the exit, so that
+    a plain kill of such a container costs at most that."""
+    from pytest_containers._engine import docker_time
+
+    state = attrs.get("State") or {}
+    if state.get("OOMKilled"):
+        return True
+    if state.get("ExitCode") != 137 or not (attrs.get("HostConfig") or {}).get("Memory"):
+        return False
+    exited = docker_time(state.get("FinishedAt"))
+    if exited is None:
+        return False
+    started = docker_time(state.get("StartedAt")) or 0.0
+    try:
+        events = client.api.events(
+            since=int(max(started, exited - OOM_EVENT_DELAY)),  # whole seconds, as it takes
+            until=math.ceil(exited + OOM_EVENT_DELAY),
+            filters={"container": attrs["Id"], "event": "oom"},
+            decode=True,
+        )
+    except Exception:  # an engine without the events API: the state is all there is
+        return False
+    try:
+        return any(True for _ in events)  # the first one ends the wait
+    except Exception:
+        return False
+    finally:
+        events.close()
+
+
 def test_fault(
     client: docker.DockerClient,
     engine: EngineGuard,
@@ -221,6 +346,9 @@ def test_fault(
     import docker.errors
 
     if engine_gone(error):
+        if engine.gone and never_sent(error):
+            # Its call waited the whole grace period already (see retry_unsent).
+            return engine.unavailable("the test ran", error)
         return engine.lost("the test ran", error)
     if not isinstance(error, docker.errors.APIError):
         return None

@@ -40,7 +40,13 @@ from pytest_containers._engine import (
     client_endpoint,
     connect,
 )
-from pytest_containers._faults import EngineGuard, container_fault, engine_gone, test_fault
+from pytest_containers._faults import (
+    EngineGuard,
+    container_fault,
+    engine_gone,
+    retry_unsent,
+    test_fault,
+)
 from pytest_containers._guard import ProcessGuard
 from pytest_containers._image import Image
 from pytest_containers._lockfile import Pin
@@ -161,6 +167,7 @@ class ContainerManager:
                 except EngineUnavailableError as error:
                     self._client_error = error
                     raise
+                retry_unsent(self._client, self.engine)  # a test's own calls too
                 self.guard.start(self._client, first=self._sweep_reused)
             return self._client
 
