@@ -42,7 +42,14 @@ def test_module_scoped_redis_still_has_it(shared_redis: Container) -> None:
 
 # reset= instead of a new container: one redis for the module, flushed before each test
 # but its first (through a shell kept open in the container: a few ms a reset).
-clean_redis = container_fixture("redis:7", scope="module", reset=["redis-cli", "FLUSHALL"])
+# Ready only once redis listens: with no ports there is no port wait, and the first exec
+# must not race its start.
+clean_redis = container_fixture(
+    "redis:7",
+    scope="module",
+    reset=["redis-cli", "FLUSHALL"],
+    wait=wait.for_log("Ready to accept connections"),
+)
 
 
 @pytest.mark.parametrize("n", range(3))

@@ -8,7 +8,8 @@
 #   scripts/topology.sh --check NAME   the same, then prove it with the docker CLI and curl:
 #                                      a container with a published port, reached the way
 #                                      a test on that topology reaches it (messages on stderr)
-#   scripts/topology.sh --stop NAME    stop the processes NAME started (socat, sshd, podman;
+#   scripts/topology.sh --stop NAME    stop the processes NAME started (socat, sshd, podman,
+#                                      the kubedock stand-in;
 #                                      context-* share tcp-local's socat); NAME "all": all
 #   scripts/topology.sh --list         the names
 #
@@ -21,7 +22,7 @@ me=topology
 # shellcheck source=scripts/lib.sh
 . "$root/scripts/lib.sh"
 
-TOPOLOGIES="unix tcp-local tcp-remote tcp-ipv6 context-env context-use ssh in-container podman"
+TOPOLOGIES="unix tcp-local tcp-remote tcp-ipv6 context-env context-use ssh in-container podman kubedock"
 # Exit status of a topology this machine cannot have (no IPv6 loopback): skipped, not failed.
 SKIP=3
 
@@ -344,6 +345,38 @@ podman_env() {
     export CONTAINERS_STORAGE_CONF="$podman_dir/storage.conf"
 }
 
+# ---------------------------------------------------------------- kubedock: our stand-in
+# scripts/kubedock-standin.py: the engine behind kubedock's Docker API (its /info and
+# /version, 501 for build and image load, stdout and stderr merged in logs).
+kubedock_sock="$TESTENV_DIR/kubedock.sock"
+
+kubedock_answers() {
+    case "$(curl -sS -m 5 --unix-socket "$kubedock_sock" http://localhost/info 2>/dev/null)" in
+        *'"Name": "kubedock"'*) return 0 ;;
+    esac
+    return 1
+}
+
+setup_kubedock() {
+    if kubedock_answers; then return; fi
+    local pidfile="$TESTENV_DIR/kubedock.pid" log="$TESTENV_DIR/kubedock.log"
+    stop_pidfile "$pidfile"
+    [ -S "$TESTENV_ENGINE_SOCKET" ] || die "no engine socket at $TESTENV_ENGINE_SOCKET (TESTENV_ENGINE_SOCKET)"
+    local python=python3
+    [ -x "$root/.venv/bin/python" ] && python="$root/.venv/bin/python"
+    say "starting the kubedock stand-in on $kubedock_sock -> $TESTENV_ENGINE_SOCKET (log: $log)"
+    setsid nohup "$python" "$root/scripts/kubedock-standin.py" --listen "$kubedock_sock" \
+        --engine "$TESTENV_ENGINE_SOCKET" >>"$log" 2>&1 </dev/null &
+    echo $! >"$pidfile"
+    for _ in $(seq 1 50); do
+        if kubedock_answers; then return; fi
+        pidfile_alive "$pidfile" || break
+        sleep 0.1
+    done
+    tail -n 5 "$log" >&2 || true
+    die "the kubedock stand-in did not answer on $kubedock_sock (log: $log)"
+}
+
 # ---------------------------------------------------------------- environments
 # print_env NAME: the export/unset lines of NAME, after testenv.sh's own.
 print_env() {
@@ -380,6 +413,7 @@ print_env() {
             ;;
         in-container) expect="" ;;
         podman) docker_host="unix://$podman_sock" ;;
+        kubedock) docker_host="unix://$kubedock_sock" ;;
     esac
     if [ -n "$expect" ]; then echo "export TESTENV_EXPECT_HOST=$expect"; else echo "unset TESTENV_EXPECT_HOST"; fi
     if [ -n "$docker_host" ]; then echo "export DOCKER_HOST=$docker_host"; else echo "unset DOCKER_HOST"; fi
@@ -460,6 +494,14 @@ check_topology() {
             case "$kind" in *Podman*) ;; *) die "check: $podman_sock /version does not name Podman: $kind" ;; esac
             say "check: curl --unix-socket $podman_sock /version: $(echo "$kind" | grep -o '"Name":"Podman Engine","Version":"[^"]*"')"
             ;;
+        kubedock)
+            local api status
+            api=$(docker version --format '{{.Server.APIVersion}}')
+            [ "$api" = 1.25 ] || die "check: the kubedock stand-in says API $api, not 1.25"
+            status=$(curl -sS -m 10 -o /dev/null -w '%{http_code}' -X POST --unix-socket "$kubedock_sock" http://localhost/v1.25/build)
+            [ "$status" = 501 ] || die "check: POST /build on the kubedock stand-in answered $status, not 501"
+            say "check: kubedock stand-in: /info names kubedock, API $api, POST /build answers $status"
+            ;;
     esac
     if [ "$name" = in-container ]; then
         check_in_container
@@ -503,6 +545,7 @@ stop_topology() {
         tcp-ipv6) stop_pidfile "$TESTENV_DIR/socat-tcp-ipv6.pid" ;;
         ssh) stop_pidfile "$ssh_dir/sshd.pid" ;;
         podman) stop_pidfile "$TESTENV_DIR/podman.pid" ;;
+        kubedock) stop_pidfile "$TESTENV_DIR/kubedock.pid" ;;
         unix | in-container) ;;
     esac
 }
@@ -538,6 +581,7 @@ case "$name" in
     ssh) setup_ssh ;;
     in-container) setup_in_container ;;
     podman) setup_podman ;;
+    kubedock) setup_kubedock ;;
 esac
 env_lines=$(print_env "$name")
 if [ "$action" = check ]; then

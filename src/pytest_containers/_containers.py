@@ -29,7 +29,7 @@ import docker.errors
 import docker.models.containers
 
 from pytest_containers._copy import extract, tar_of
-from pytest_containers._engine import Access, access_for, docker_time, is_podman
+from pytest_containers._engine import Access, access_for, docker_time, is_kubedock, is_podman
 from pytest_containers._engine_stream import LogFollower, follow_logs, run_exec
 from pytest_containers._image import Image
 from pytest_containers._logs import MAX_LOG_BYTES, read_log_tail
@@ -212,6 +212,17 @@ class Container:
         put it on), for another container on that network to dial."""
         __tracebackhide__ = True
         name = self._network_name(network)
+        if self.raw.client is not None and is_kubedock(self.raw.client):
+            # kubedock flattens networks and says 127.0.0.1 for every container: an
+            # address would lead another container to itself.
+            raise NetworkError(
+                f"container {self.name} has no address of its own on kubedock, which "
+                "flattens networks: give it aliases=['name'] and ports=[...] (kubedock "
+                "makes each alias a Kubernetes Service for those ports) and dial the alias",
+                network=name,
+                image=self.image.ref,
+                container=self.name,
+            )
         address = str(self._networks()[name].get("IPAddress") or "")
         if not address:
             self.reload()

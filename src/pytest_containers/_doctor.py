@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 
 from pytest_containers._engine import (
+    KUBEDOCK_MEANS,
     access_for,
     connect,
     engine_identity,
@@ -75,6 +76,11 @@ def _check(settings: Settings, line: Callable[[str], None]) -> None:
     try:
         info = engine_info(client)
         line(f"engine: {info} (API {client.api.api_version})")
+        if info.kind == "kubedock":
+            line(
+                f"kubedock mode: {KUBEDOCK_MEANS}; build= and --container-archive fail: "
+                "push images to a registry the cluster can pull from, reference them by name"
+            )
         line(f"engine identity: from {engine_identity(client).source}")
         own = own_container_id(client)
         if own is None:

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_SOCKET",
+    "KUBEDOCK_MEANS",
     "Access",
     "Endpoint",
     "EngineIdentity",
@@ -68,7 +69,10 @@ __all__ = [
     "engine_identity",
     "engine_info",
     "identify_engine",
+    "is_kubedock",
+    "is_kubedock_info",
     "is_podman",
+    "kubedock_refusal",
     "own_container_id",
     "resolve_endpoint",
 ]
@@ -217,7 +221,8 @@ def client_endpoint(client: docker.DockerClient) -> Endpoint:
 
 @dataclass(frozen=True)
 class EngineInfo:
-    """``kind`` is ``"Docker"`` or ``"Podman"``; ``version`` the engine's own version."""
+    """``kind`` is ``"Docker"``, ``"Podman"`` or ``"kubedock"``; ``version`` the engine's
+    own version."""
 
     kind: str
     version: str
@@ -226,7 +231,43 @@ class EngineInfo:
         return f"{self.kind} {self.version}"
 
 
-def _info_from_version(data: Mapping[str, Any]) -> EngineInfo:
+#: What running on kubedock means for the tests, for the header and the doctor.
+KUBEDOCK_MEANS = (
+    "Kubernetes through kubedock: no image builds or loads, volumes copied one way at "
+    "start, stdout and stderr merged, network aliases become Services"
+)
+
+
+def is_kubedock_info(info: Mapping[str, Any] | None) -> bool:
+    """Whether ``info`` (an engine's ``/info``) is kubedock's, the Docker API served on
+    top of Kubernetes: it names itself (``Name: kubedock``, ``ID:
+    com.joyrex2001.kubedock``) and says ``OperatingSystem: kubernetes``; its ``/version``
+    looks like an old Docker's (API 1.25, no ``Components``), so only ``/info`` tells."""
+    if not info:
+        return False
+    return (
+        str(info.get("Name") or "").lower() == "kubedock"
+        or str(info.get("ID") or "") == "com.joyrex2001.kubedock"
+        or str(info.get("OperatingSystem") or "").lower() == "kubernetes"
+    )
+
+
+def kubedock_refusal(what: str) -> str:
+    """The one line that says kubedock cannot do ``what`` (e.g. "build images") and what
+    to do instead: kubedock runs every container as a pod, from an image the cluster pulls."""
+    return (
+        f"the engine is kubedock (Kubernetes), which cannot {what}: push the image to a "
+        "registry the cluster can pull from and reference it by name, e.g. "
+        "@pytest.mark.container('registry.example.com/team/app:1.0')"
+    )
+
+
+def _info_from_version(
+    data: Mapping[str, Any], info: Mapping[str, Any] | None = None
+) -> EngineInfo:
+    if is_kubedock_info(info):
+        assert info is not None
+        return EngineInfo("kubedock", str(info.get("ServerVersion") or "?"))
     components = data.get("Components") or []
     for component in components:
         name = str((component or {}).get("Name") or "")
@@ -251,9 +292,36 @@ def _version_of(client: docker.DockerClient) -> dict[str, Any]:
     return known
 
 
+_INFOS: dict[str, dict[str, Any] | None] = {}
+
+
+def _info_of(client: docker.DockerClient) -> dict[str, Any] | None:
+    """The engine's ``/info`` answer, asked once per endpoint; ``None`` when it fails
+    (an engine that cannot say is still used)."""
+    key = client_endpoint(client).url
+    with _INFO_LOCK:
+        if key in _INFOS:
+            return _INFOS[key]
+    try:
+        known: dict[str, Any] | None = dict(client.info())
+    except Exception:  # an engine whose /info fails: known by its /version alone
+        known = None
+    with _INFO_LOCK:
+        _INFOS[key] = known
+    return known
+
+
 def engine_info(client: docker.DockerClient) -> EngineInfo:
     """What the engine behind ``client`` is, asked once per endpoint."""
-    return _info_from_version(_version_of(client))
+    return _info_from_version(_version_of(client), _info_of(client))
+
+
+def is_kubedock(client: docker.DockerClient) -> bool:
+    """Whether the engine is kubedock (see :func:`is_kubedock_info`)."""
+    try:
+        return engine_info(client).kind == "kubedock"
+    except Exception:  # an engine that cannot say: treat it as Docker
+        return False
 
 
 # --- which engine it is ------------------------------------------------------------------
@@ -315,10 +383,7 @@ def engine_identity(client: docker.DockerClient) -> EngineIdentity:
         known = _IDENTITIES.get(url)
     if known is not None:
         return known
-    try:
-        info: dict[str, Any] | None = client.info()
-    except Exception:  # an engine that cannot say: its endpoint still names it
-        info = None
+    info = _info_of(client)  # None when it fails: the endpoint still names the engine
     try:
         version: dict[str, Any] | None = _version_of(client)
     except Exception:
@@ -396,12 +461,14 @@ def describe_engine(*, timeout: float = 3.0, environ: Mapping[str, str] | None =
                 finally:
                     client.close()
             else:
-                info = _info_from_version(version)
-                identity = identify_engine(_bare_info(candidate, timeout), version, candidate.url)
+                raw_info = _bare_info(candidate, timeout)
+                info = _info_from_version(version, raw_info)
+                identity = identify_engine(raw_info, version, candidate.url)
         except (OSError, ValueError, http.client.HTTPException, EngineUnavailableError):
             continue
         known_by = "" if identity.own_id else f", known by {identity.source}"
-        return f"{info} at {candidate.describe()}{known_by}"
+        means = f" ({KUBEDOCK_MEANS})" if info.kind == "kubedock" else ""
+        return f"{info}{means} at {candidate.describe()}{known_by}"
     return f"not answering at {endpoint.describe()}"
 
 

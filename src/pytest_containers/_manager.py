@@ -39,6 +39,8 @@ from pytest_containers._engine import (
     access_for,
     client_endpoint,
     connect,
+    is_kubedock,
+    kubedock_refusal,
 )
 from pytest_containers._faults import (
     EngineGuard,
@@ -67,7 +69,12 @@ from pytest_containers._resets import Reset, ResetShells, describe_reset, run_re
 from pytest_containers._reuse import ReusePool, reusable_network, reuse_key, sweep_reused
 from pytest_containers._run_scope import run_network, run_scoped, spec_fingerprint
 from pytest_containers._settings import Settings
-from pytest_containers.errors import ContainerError, EngineUnavailableError
+from pytest_containers.errors import (
+    ArchiveError,
+    ContainerError,
+    EngineUnavailableError,
+    ImageBuildError,
+)
 
 if TYPE_CHECKING:
     from pytest_containers._build import BuildProgress, BuildSpec
@@ -192,6 +199,14 @@ class ContainerManager:
     def cache(self) -> ImageCache:
         with self._lock:
             if self._cache is None:
+                archive = self.settings.archive
+                if archive is not None and is_kubedock(self.client):
+                    # kubedock answers 501 to an image load, and its image "export" is
+                    # made up: fail before any of it, with what to do instead.
+                    raise ArchiveError(
+                        kubedock_refusal(f"load images from the archive {archive}"),
+                        path=archive,
+                    )
                 self._cache = ImageCache(
                     self.client,
                     cache_dir=ensure_private_dir(self.cache_dir),
@@ -226,6 +241,12 @@ class ContainerManager:
         free), and once per content key across workers and runs (build_image's lock)."""
         from pytest_containers._build import build_image
 
+        if is_kubedock(self.client):
+            # kubedock answers 501 to POST /build: say so before hashing any context.
+            raise ImageBuildError(
+                kubedock_refusal(f"build images (build={spec.display or str(spec.context)!r})"),
+                image=spec.display or str(spec.context),
+            )
         with self._lock:
             lock = self._build_locks.setdefault(spec, threading.Lock())
         with lock:
