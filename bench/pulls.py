@@ -45,7 +45,7 @@ import docker.errors
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pytest_containers._cache import ImageCache  # noqa: E402
+from pytest_containers._images.cache import ImageCache  # noqa: E402
 from tests.testenv import (  # noqa: E402
     MIRROR_OPTION,
     REGISTRY,

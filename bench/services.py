@@ -21,9 +21,9 @@ import uuid
 from pathlib import Path
 
 from pytest_containers import service, wait
-from pytest_containers._manager import ContainerManager
-from pytest_containers._services import Service, start_services, stop_services
-from pytest_containers._settings import Settings
+from pytest_containers._base.settings import Settings
+from pytest_containers._manager.manager import ContainerManager
+from pytest_containers._manager.services import Service, start_services, stop_services
 
 REDIS = service("redis", "redis:7", ports=[6379], wait=wait.for_log("Ready to accept connections"))
 

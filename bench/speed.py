@@ -48,7 +48,7 @@ from startup import (  # noqa: E402
     suite_environment,
 )
 
-from pytest_containers._reuse import REUSE_DIR_LABEL  # noqa: E402
+from pytest_containers._manager.reuse import REUSE_DIR_LABEL  # noqa: E402
 from tests.testenv import MIRROR_OPTION, REDIS, REGISTRY  # noqa: E402
 
 CHECK = """

@@ -49,14 +49,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pytest_containers import wait  # noqa: E402
-from pytest_containers._containers import (  # noqa: E402
+from pytest_containers._base.image import Image  # noqa: E402
+from pytest_containers._base.settings import Settings  # noqa: E402
+from pytest_containers._containers.container import (  # noqa: E402
     ContainerSpec,
     remove_container,
     start_container,
 )
-from pytest_containers._image import Image  # noqa: E402
-from pytest_containers._manager import ContainerManager  # noqa: E402
-from pytest_containers._settings import Settings  # noqa: E402
+from pytest_containers._manager.manager import ContainerManager  # noqa: E402
 from tests.testenv import BUSYBOX, MIRROR_OPTION, REDIS, REGISTRY  # noqa: E402
 
 BENCH_LABEL = "pytest-containers-bench"

@@ -9,7 +9,7 @@ import docker
 import docker.errors
 import pytest
 
-from pytest_containers._image import Image
+from pytest_containers._base.image import Image
 from tests.testenv import (
     MIRROR_OPTION,
     REGISTRY,

@@ -21,8 +21,16 @@ def test_plugin_py_is_short_and_holds_hooks_only() -> None:
 
 def test_no_test_module_imports_another() -> None:
     offenders = []
-    for path in sorted((ROOT / "tests").glob("test_*.py")):
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tests.test_"):
-                offenders.append(f"{path.name} imports {node.module}")
+            module = (node.module or "") if isinstance(node, ast.ImportFrom) else ""
+            if module.startswith("tests.") and module.rpartition(".")[2].startswith("test_"):
+                offenders.append(f"{path.name} imports {module}")
     assert offenders == []
+
+
+def test_the_tests_mirror_the_package_folders() -> None:
+    """A test of ``_images/cache.py`` is found in ``tests/images/``."""
+    folders = {path.parent.name.lstrip("_") for path in PACKAGE.glob("*/__init__.py")}
+    tests = {path.parent.name for path in (ROOT / "tests").glob("*/__init__.py")}
+    assert folders == tests

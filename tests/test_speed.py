@@ -88,7 +88,7 @@ def test_containers_started_ahead_for_tests_that_do_not_take_them_are_removed(
     pytester.makepyfile(
         f"""
         import os, time, pytest
-        from pytest_containers._cleanup import PID_LABEL
+        from pytest_containers._cleanup.sweep import PID_LABEL
 
         def others(container):
             found = container.raw.client.containers.list(

@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 import docker
 import docker.errors
 
-from pytest_containers._image import Image
+from pytest_containers._base.image import Image
 
 if TYPE_CHECKING:
     import pytest
 
-    from pytest_containers._containers import Container
+    from pytest_containers._containers.container import Container
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -318,7 +318,7 @@ class Starter:
         self.made: list[Container] = []
 
     def __call__(self, image: Image, wait_timeout: float = 30.0, **kwargs: Any) -> Container:
-        from pytest_containers._containers import ContainerSpec, start_container
+        from pytest_containers._containers.container import ContainerSpec, start_container
 
         spec = ContainerSpec.from_kwargs(image.ref, **kwargs)
         labels = {**LABELS, CASE_LABEL: self.case}
@@ -336,7 +336,7 @@ class Starter:
         return [str(c.name) for c in found]
 
     def remove_all(self) -> None:
-        from pytest_containers._containers import remove_container
+        from pytest_containers._containers.container import remove_container
 
         for container in self.made:
             remove_container(container)

@@ -3,7 +3,7 @@
 The names that need docker-py (``Container``, ``ExecResult``, ``Network``, ``wait``) are imported on
 first use, so that the plugin costs nothing to a run that starts no container; so are the
 fixture helpers (``ContainerFactory``, ``container_fixture``, ``image_fixture``,
-``network_fixture``), so that importing a core module (``pytest_containers._reference``)
+``network_fixture``), so that importing a core module (``pytest_containers._base.reference``)
 does not import pytest.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from pytest_containers._image import Image
-from pytest_containers._services import Service, service
+from pytest_containers._base.image import Image
+from pytest_containers._manager.services import Service, service
 from pytest_containers.errors import (
     ArchiveError,
     CacheDirError,
@@ -34,9 +34,9 @@ from pytest_containers.errors import (
 
 if TYPE_CHECKING:
     from pytest_containers import wait
-    from pytest_containers._containers import Container, ExecResult
-    from pytest_containers._networks import Network
-    from pytest_containers.fixtures import (
+    from pytest_containers._containers.container import Container, ExecResult
+    from pytest_containers._containers.networks import Network
+    from pytest_containers._suite.fixtures import (
         ContainerFactory,
         container_fixture,
         image_fixture,
@@ -73,13 +73,13 @@ __all__ = [
 ]
 
 _LAZY = {
-    "ContainerFactory": "pytest_containers.fixtures",
-    "container_fixture": "pytest_containers.fixtures",
-    "image_fixture": "pytest_containers.fixtures",
-    "network_fixture": "pytest_containers.fixtures",
-    "Container": "pytest_containers._containers",
-    "ExecResult": "pytest_containers._containers",
-    "Network": "pytest_containers._networks",
+    "ContainerFactory": "pytest_containers._suite.fixtures",
+    "container_fixture": "pytest_containers._suite.fixtures",
+    "image_fixture": "pytest_containers._suite.fixtures",
+    "network_fixture": "pytest_containers._suite.fixtures",
+    "Container": "pytest_containers._containers.container",
+    "ExecResult": "pytest_containers._containers.container",
+    "Network": "pytest_containers._containers.networks",
     "wait": "pytest_containers.wait",
 }
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from pytest_containers._services import Service
+    from pytest_containers._manager.services import Service
 
 
 def pytest_containers_services(config: pytest.Config) -> list[Service]:  # type: ignore[empty-body]

@@ -1,9 +1,9 @@
 """pytest hooks and options of pytest-containers.
 
-Hooks only, each handing over to the module that owns the work: options, state and the
-session's start and end in _session.py, lookahead in _lookahead.py, what pytest prints in
-_reporting.py, services in _service_hooks.py, fixtures in fixtures.py. Nothing here
-touches Docker, or even imports docker-py, until a collected test declares a container.
+Hooks only, each handing over to the module of ``_suite/`` that owns the work: options,
+state and the session's start and end in ``session``, lookahead in ``lookahead``, what
+pytest prints in ``reporting``, services in ``service_hooks``, fixtures in ``fixtures``.
+Nothing here touches Docker, or even imports docker-py, until a collected test declares a container.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_containers import _lookahead, _reporting, _session
-from pytest_containers._markers import MarkerError, declarations, declarations_key
-from pytest_containers._state import plugin_state
-from pytest_containers.fixtures import (
+from pytest_containers._suite import lookahead as _lookahead
+from pytest_containers._suite import reporting as _reporting
+from pytest_containers._suite import session as _session
+from pytest_containers._suite.fixtures import (
     _container_marker,  # noqa: F401  (autouse: pytest finds it in this namespace)
     container,
     container_client,
@@ -28,9 +28,11 @@ from pytest_containers.fixtures import (
     record_fixture_values,
     used_containers_key,
 )
+from pytest_containers._suite.markers import MarkerError, declarations, declarations_key
+from pytest_containers._suite.state import plugin_state
 
 if TYPE_CHECKING:
-    from pytest_containers._containers import Container
+    from pytest_containers._containers.container import Container
 
 # The fixtures, registered by being in this module.
 __all__ = ["container", "container_client", "container_factory", "container_services", "containers"]
@@ -54,13 +56,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if config.getoption("container_doctor"):
-        from pytest_containers._doctor import run_doctor
+        from pytest_containers._manager.doctor import run_doctor
 
         return run_doctor(_session.settings_of(config), print)
     prune = config.getoption("container_prune")
     if not prune:
         return None
-    from pytest_containers._prune import run_prune
+    from pytest_containers._manager.prune import run_prune
 
     settings = _session.settings_of(config)
     return run_prune(settings, config.rootpath, every=prune == "all", say=print)
@@ -71,7 +73,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _session.configure_state(config)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_session.XdistHooks(), "containers-xdist")
-    from pytest_containers._service_hooks import ServiceHooks, services_key
+    from pytest_containers._suite.service_hooks import ServiceHooks, services_key
 
     config.stash[services_key] = ServiceHooks()
     config.pluginmanager.register(config.stash[services_key], "containers-services")

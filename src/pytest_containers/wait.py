@@ -8,7 +8,7 @@ itself: when it exits, dies or is OOM-killed while being waited for, the wait fa
 instead of running into its timeout.
 
 Strategies are frozen dataclasses, so equal declarations compare and hash equal and a
-:class:`~pytest_containers._spec.ContainerSpec` holding one stays shareable.
+:class:`~pytest_containers._containers.spec.ContainerSpec` holding one stays shareable.
 
 Build them with the factory functions::
 
@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import docker.errors
 
-from pytest_containers._probes import (
+from pytest_containers._containers.probes import (
     EXEC_CANNOT_RUN,
     SOCKET_TABLES_SCRIPT,
     LineCounter,
@@ -48,8 +48,8 @@ from pytest_containers._probes import (
 )
 
 # Where a strategy's author finds them, as before they moved to _probes.
-from pytest_containers._probes import exit_reason as exit_reason
-from pytest_containers._probes import normalize_port as normalize_port
+from pytest_containers._containers.probes import exit_reason as exit_reason
+from pytest_containers._containers.probes import normalize_port as normalize_port
 
 __all__ = [
     "DEFAULT_TIMEOUT",

@@ -1,0 +1,225 @@
+"""Declaring services: ``service()`` and the ``container_services`` ini key, validated
+before any Docker call (pure logic; the engine side is in test_services_docker.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_containers import Service, ServiceError, service, wait
+from pytest_containers._manager.services import check_unique, parse_ini, parse_ini_line
+from tests.conftest import SERIAL_AND_XDIST
+
+
+def test_a_service_keeps_what_it_declares() -> None:
+    declared = service(
+        "redis",
+        "redis:7",
+        per="run",
+        ports=[6379],
+        env={"A": "1"},
+        expose={"REDIS_URL": "redis://{host}:{port}"},
+        options={"redis_url": "redis://{host}:{port[6379]}"},
+    )
+    assert declared == Service(
+        name="redis",
+        image="redis:7",
+        per="run",
+        expose=(("REDIS_URL", "redis://{host}:{port}"),),
+        options=(("redis_url", "redis://{host}:{port[6379]}"),),
+        keywords=(("ports", [6379]), ("env", {"A": "1"})),
+    )
+    spec, built = declared.spec(base_dir=Path.cwd())
+    assert built is None
+    assert spec.ports == ("6379/tcp",)
+    assert spec.name == "redis"
+    assert spec.env == (("A", "1"),)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: service("", "redis:7"), "the name must be a non-empty string"),
+        (lambda: service("redis"), "pass an image"),
+        (lambda: service("redis", "redis:7", build="ctx"), "pass an image"),
+        (lambda: service("redis", "redis:7", per="test"), "invalid per='test'"),
+        (lambda: service("redis", "redis:7", scope="session"), "not scope="),
+        (lambda: service("redis", "redis:7", target="x"), "only go with build="),
+        (lambda: service("redis", "redis:7", prots=[1]), "unknown container option(s) 'prots'"),
+        (
+            lambda: service("redis", "redis:7", expose={"URL": "{host}:{port}"}),
+            "uses {port} but the service publishes no port",
+        ),
+        (
+            lambda: service("redis", "redis:7", ports=[6379], expose={"URL": "{port[80]}"}),
+            "publishes 6379/tcp only",
+        ),
+        (
+            lambda: service("redis", "redis:7", options={"url": "{hots}"}),
+            "uses {hots}; the fields are {host}, {port}, {name}, {ip}",
+        ),
+        (lambda: service("redis", "redis:7", expose={"URL": "{host"}), "not a valid template"),
+        (lambda: service("redis", "redis:7", expose=["URL"]), "expose= takes a dict"),  # type: ignore[arg-type]
+        (
+            lambda: service("redis", "redis:7", per="run", reset=["redis-cli", "FLUSHALL"]),
+            "reset= goes with per='worker' only",
+        ),
+        (lambda: service("redis", "redis:7", reset="FLUSHALL"), "reset= takes a command"),
+    ],
+)
+def test_a_bad_declaration_says_what_is_wrong(call: object, message: str) -> None:
+    with pytest.raises(ServiceError) as caught:
+        call()  # type: ignore[operator]
+    assert message in str(caught.value)
+
+
+def test_a_reset_is_a_command_or_a_callable() -> None:
+    def flush(container: object) -> None:
+        pass
+
+    assert service("redis", "redis:7", reset=["redis-cli", "FLUSHALL"]).reset == (
+        "redis-cli",
+        "FLUSHALL",
+    )
+    assert service("redis", "redis:7", reset=flush).reset is flush
+    (declared,) = parse_ini(["redis redis:7 'reset=redis-cli FLUSHALL'"])
+    assert declared.reset == ("redis-cli", "FLUSHALL")
+    assert "reset" not in dict(declared.keywords)
+
+
+def test_an_ini_line_reads_like_a_shell_line() -> None:
+    (declared,) = parse_ini(
+        [
+            "",
+            "# the cache",
+            "redis redis:7 per=run ports=6379,6380 env=A=1 env=B=x=y "
+            "'command=redis-server --save \"\"' 'wait=log:Ready to accept' "
+            "expose=REDIS_URL=redis://{host}:{port} option=redis_url={host}:{port[6380]} "
+            "network=net",
+        ]
+    )
+    keywords = dict(declared.keywords)
+    assert (declared.name, declared.image, declared.per) == ("redis", "redis:7", "run")
+    assert keywords["ports"] == ["6379", "6380"]
+    assert keywords["env"] == {"A": "1", "B": "x=y"}
+    assert keywords["command"] == 'redis-server --save ""'
+    assert keywords["wait"].describe() == wait.for_log("Ready to accept").describe()
+    assert keywords["network"] == "net"
+    assert declared.expose == (("REDIS_URL", "redis://{host}:{port}"),)
+    assert declared.options == (("redis_url", "{host}:{port[6380]}"),)
+
+
+def test_an_ini_line_may_build_its_image() -> None:
+    declared = parse_ini_line("app build=tests/app target=test buildarg=V=1 ports=8080")
+    assert declared.image is None
+    assert declared.build == "tests/app"
+    assert declared.display == "build:tests/app"
+    assert dict(declared.build_keywords) == {"target": "test", "buildargs": {"V": "1"}}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("port", wait.for_port()),
+        ("port:6379", wait.for_port(6379)),
+        ("http:8080/health", wait.for_http("/health", port=8080)),
+        ("http:8080", wait.for_http("/", port=8080)),
+        ("exec:redis-cli ping", wait.for_exec("redis-cli ping")),
+        ("healthy", wait.for_healthy()),
+    ],
+)
+def test_an_ini_wait_names_a_strategy(text: str, expected: wait.WaitStrategy) -> None:
+    declared = parse_ini_line(f"s image:1 ports=6379,8080 'wait={text}'")
+    assert dict(declared.keywords)["wait"].describe() == expected.describe()
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("per=run", "start with the service's name"),
+        ("redis redis:7 colour=red", "unknown key 'colour'; the keys are"),
+        ("redis redis:7 ports", "'ports' is not key=value"),
+        ("redis redis:7 env=A", "env= takes NAME=VALUE"),
+        ("redis redis:7 wait=log:", "wait='log:' is not one of log:TEXT"),
+        ("redis redis:7 'command=unclosed", "No closing quotation"),
+        ("redis redis:7 per=ever", "invalid per='ever'"),
+    ],
+)
+def test_a_bad_ini_line_is_named_in_the_error(line: str, message: str) -> None:
+    with pytest.raises(ServiceError) as caught:
+        parse_ini_line(line)
+    assert f"container_services line {line!r}" in str(caught.value)
+    assert message in str(caught.value)
+
+
+def test_two_services_may_not_share_a_name() -> None:
+    with pytest.raises(ServiceError, match="several services are named 'db'"):
+        check_unique([service("db", "redis:7"), service("db", "redis:7")])
+
+
+def test_a_bad_ini_key_stops_the_run_before_anything_starts(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ncontainer_services = redis redis:7 colour=red\n")
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: container_services line *unknown key 'colour'*"])
+
+
+def test_a_hook_that_returns_something_else_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        def pytest_containers_services(config):
+            return ["redis:7"]
+        """
+    )
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: pytest_containers_services must return a list of*"])
+
+
+@SERIAL_AND_XDIST
+def test_a_hook_that_raises_stops_the_run_with_one_line_that_names_it(
+    pytester: pytest.Pytester, workers: list[str]
+) -> None:
+    pytester.makeconftest(
+        """
+        import pytest_containers
+
+        def pytest_containers_services(config):
+            return [pytest_containers.service("redis:7", name="cache")]
+        """
+    )
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *workers)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: pytest_containers_services (*conftest.py:4) raised TypeError: service() got "
+            "multiple values for argument 'name'; it is service(name, image, *, *): the name first"
+        ]
+    )
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+def test_no_services_means_no_engine(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    pytester.makeconftest("def pytest_containers_services(config):\n    return []\n")
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
+def test_an_option_no_one_adds_is_a_usage_error_before_anything_starts(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No engine: the error must come before the plugin looks for one.
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    pytester.makeini("[pytest]\ncontainer_services = redis redis:7 ports=6379 option=nope={port}\n")
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: service 'redis': options= names 'nope', which no*"])
