@@ -23,6 +23,10 @@ from tests.testenv import BUSYBOX, REGISTRY, RegistryLog, tag_in_registry
 
 pytestmark = pytest.mark.docker
 
+#: HOME as the topology set it, before pytester gives each test its own: the ssh topology's
+#: HOME holds the ssh_config alias and known_hosts its engine is reached through.
+TOPOLOGY_HOME = os.environ.get("HOME", "")
+
 SERVE = "mkdir /www && echo topology > /www/index.html && exec httpd -f -p 8080 -h /www"
 
 
@@ -52,6 +56,7 @@ def test_two_workers_pull_a_cold_image_once(
     run_suite: InnerRuns,
     pytester: pytest.Pytester,
     registry_log: RegistryLog,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every process of a run, on every kind of engine, takes the same lock for an image:
     podman's /info answers a new ID on each request, so the engine's identity must not
@@ -68,6 +73,7 @@ def test_two_workers_pull_a_cold_image_once(
             assert container.exec(["echo", "pulled"]).stdout == "pulled\\n"
         """
     )
+    monkeypatch.setenv("HOME", TOPOLOGY_HOME)
     try:
         run_suite("-n", "2").assert_outcomes(passed=4)
         assert registry_log.manifest_requests(image) == 1, os.environ.get("TESTENV_TOPOLOGY")
