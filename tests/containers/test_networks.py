@@ -391,33 +391,53 @@ def test_run_scoped_containers_share_one_network_whichever_worker_starts_them(
 def test_neighbours_with_start_parallel_start_at_once_and_the_next_waits_for_both(
     run_suite: InnerRuns, pytester: pytest.Pytester, nothing_left: None
 ) -> None:
+    # No clock: "one" and "two" are each ready only once the other has started, so
+    # started one after the other the first would never be ready; "after" says whether
+    # both were ready when it started.
+    meet = pytester.path / "meet"
+    meet.mkdir()
     pytester.makepyfile(
         f"""
         import pytest
         from pytest_containers import wait
         from pytest_containers._engine.connection import docker_time
 
-        def slow(n, **more):
+        def meeting(me, other, **more):
+            script = (
+                f"touch /meet/{{me}}; until [ -e /meet/{{other}} ]; do sleep 0.1; done; "
+                f"touch /meet/{{me}}-ready; echo ready; sleep 300"
+            )
+            return dict(
+                command=["sh", "-c", script], wait=wait.for_log("ready"),
+                volumes=["{meet}:/meet"], **more,
+            )
+
+        AFTER = (
+            "if [ -e /meet/one-ready ] && [ -e /meet/two-ready ]; then echo saw both; "
+            "else echo saw too few; fi; sleep 303"
+        )
+
+        def slow(n):
             # Ready two seconds after it starts.
             command = ["sh", "-c", f"sleep 2; echo ready; sleep {{300 + n}}"]
-            return dict(command=command, wait=wait.for_log("ready"), **more)
+            return dict(command=command, wait=wait.for_log("ready"))
 
         def started(container):
             return docker_time(container.attrs["State"]["StartedAt"])
 
-        @pytest.mark.container("{BUSYBOX}", name="one", **slow(1, start="parallel"))
-        @pytest.mark.container("{BUSYBOX}", name="two", **slow(2, start="parallel"))
-        @pytest.mark.container("{BUSYBOX}", name="after", command=["sleep", "303"])
+        @pytest.mark.container("{BUSYBOX}", name="one", **meeting("one", "two", start="parallel"))
+        @pytest.mark.container("{BUSYBOX}", name="two", **meeting("two", "one", start="parallel"))
+        @pytest.mark.container(
+            "{BUSYBOX}", name="after", command=["sh", "-c", AFTER], wait=wait.for_log("saw"),
+            volumes=["{meet}:/meet"],
+        )
         def test_parallel(containers):
-            one, two, after = containers["one"], containers["two"], containers["after"]
-            # Each is ready 2 s after its start: one after the other, they would start
-            # 2 s apart at least, however slow the machine.
-            assert abs(started(one) - started(two)) < 2
-            assert started(after) > max(started(one), started(two)) + 1.9
+            assert "saw both" in containers["after"].logs()
 
         @pytest.mark.container("{BUSYBOX}", name="one", **slow(1))
         @pytest.mark.container("{BUSYBOX}", name="two", **slow(2))
         def test_sequential(containers):
+            # A load only widens the gap.
             assert started(containers["two"]) > started(containers["one"]) + 1.9
         """
     )
