@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from pytest_containers._base.reference import parse_reference
-from pytest_containers._images.records import matches_platform, recorded_error, repo_digests
-from pytest_containers.errors import ImageNotFoundError
+from pytest_containers._images.records import (
+    matches_platform,
+    pull_failure_fields,
+    recorded_error,
+    repo_digests,
+)
+from pytest_containers.errors import ContainerError, ImageNotFoundError, ImagePullError
 
 
 def test_repo_digests_are_those_of_the_resolved_repository_once_each() -> None:
@@ -31,10 +36,31 @@ def test_a_platform_matches_by_os_architecture_and_variant() -> None:
 
 
 def test_a_recorded_failure_comes_back_as_its_error() -> None:
-    assert recorded_error({"error": None}, "redis:7") is None
     error = recorded_error(
-        {"error": {"kind": "permanent", "message": "", "reason": "manifest unknown"}}, "redis:7"
+        {"kind": "permanent", "message": "", "reason": "manifest unknown"}, "redis:7"
     )
     assert isinstance(error, ImageNotFoundError)
     assert error.message == "pulling redis:7 failed earlier in this run"
     assert (error.registry, error.reason) == ("", "manifest unknown")
+
+
+def test_a_failed_pull_is_recorded_as_it_comes_back() -> None:
+    failed = ImageNotFoundError(
+        "cannot pull redis:7", image="redis:7", registry="docker.io", reason="manifest unknown"
+    )
+    fields = pull_failure_fields(failed)
+    assert fields is not None
+    again = recorded_error(fields, "redis:7")
+    assert type(again) is ImageNotFoundError
+    assert (again.message, again.registry, again.reason, again.kind) == (
+        "cannot pull redis:7",
+        "docker.io",
+        "manifest unknown",
+        "permanent",
+    )
+
+
+def test_what_is_no_failed_pull_is_not_recorded() -> None:
+    # A policy that forbids pulling, or an image gone right after its pull: asked again.
+    assert pull_failure_fields(ImagePullError("never", kind="policy")) is None
+    assert pull_failure_fields(ContainerError("the image vanished")) is None

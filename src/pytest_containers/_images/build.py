@@ -8,10 +8,11 @@ args, the platform, and the image ids its base images resolved to. The image is 
 and a context that did not change is not built again, in this run or a later one.
 
 The build itself happens at most once per key across threads, xdist workers and
-concurrent runs: the builder takes ``<cache>/builds/<engine, key>.lock`` (the same OS
-locks as the image cache) and looks for the tag again before building. A failure is
-recorded next to the lock with the run id, so the other workers of the same run re-raise
-it instead of building again, while a later run tries afresh.
+concurrent runs, by the recipe pulls follow too
+(:class:`~pytest_containers._base.once.OncePerRun`): the builder takes
+``<cache>/builds/<engine, key>.lock`` and looks for the tag again before building. A
+failure is recorded next to the lock with the run id, so the other workers of the same
+run re-raise it instead of building again, while a later run tries afresh.
 
 Base images never come from the builder's own pulls: the ``FROM`` lines (and
 ``COPY --from=<image>``) are resolved through the :class:`ImageCache` (pull policy,
@@ -30,7 +31,6 @@ pytest-free: the plugin hands in the client and the image cache.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import os
@@ -41,19 +41,14 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 import docker.errors
 import requests
 
 from pytest_containers._base.image import Image
-from pytest_containers._base.locks import (
-    exclusive,
-    key_path,
-    private_subdir,
-    read_json,
-    write_json_atomic,
-)
+from pytest_containers._base.locks import key_path, private_subdir
+from pytest_containers._base.once import OncePerRun
 from pytest_containers._engine.connection import docker_time
 from pytest_containers._engine.streams import EngineStream
 from pytest_containers._images.context import (
@@ -262,63 +257,82 @@ def _build_once(
     source, bases, rewrite = _plan(cache, spec)
     base_ids = [image.id for image in bases]
     key = compute_key(source, base_ids)
-    tag = build_tag(spec, key)
-
-    def result(attrs: Mapping[str, Any], origin: str) -> Image:
-        return Image(
-            ref=spec.ref,
-            resolved_ref=tag,
-            id=str(attrs["Id"]),
-            digest=None,
-            platform=spec.platform,
-            source=origin,
-            seconds=time.monotonic() - started,
-        )
-
-    # Without the lock first: an image already built needs no wait.
-    attrs = inspect_image(client, tag)
-    if attrs is not None:
-        return result(attrs, "present")
+    job = _Job(client, spec, source, base_ids, rewrite, key, labels, on_progress)
     builds = private_subdir(cache_dir, "builds")
-    engine = cache.engine_id
-    lock_path = key_path(builds, engine, key, suffix=".lock")
-    state_path = key_path(builds, engine, key, suffix=".json")
-    with exclusive(lock_path, timeout=lock_timeout, what=f"the build of {spec.ref}"):
-        # Whoever held the lock before may have built it, or failed, meanwhile.
-        attrs = inspect_image(client, tag)
-        if attrs is not None:
-            return result(attrs, "present")
-        record = read_json(state_path)
-        if record is not None and record.get("run_id") == cache.run_id:
-            error = _recorded_error(record, spec)
-            if error is not None:
-                raise error
-        all_labels = {
-            **labels,
-            BUILD_KEY_LABEL: key,
-            BUILD_CONTEXT_LABEL: str(spec.context),
-            BUILD_SPEC_LABEL: _spec_digest(spec, source.dockerfile_name),
-        }
-        rewrite.labels = {k: v for k, v in all_labels.items() if rewrite.can_label(k, v)}
-        api_labels = {k: v for k, v in all_labels.items() if k not in rewrite.labels}
-        with tempfile.TemporaryFile(prefix="pytest-containers-context-") as context:
-            if write_context(source, base_ids, rewrite, context) != key:
-                raise ContextChanged(str(spec.context))  # changed since the key: again
-            try:
-                image_id = _run_build(
-                    client, spec, source, context, tag, api_labels, rewrite, on_progress
-                )
-            except ImageBuildError as error:
-                _record(state_path, cache.run_id, tag, error=error)
-                raise
-        _record(state_path, cache.run_id, tag, image_id=image_id)
-        attrs = inspect_image(client, tag)
-        if attrs is None:
+    once = OncePerRun(
+        key_path(builds, cache.engine_id, key, suffix=".lock"),
+        key_path(builds, cache.engine_id, key, suffix=".json"),
+        run_id=cache.run_id,
+        timeout=lock_timeout,
+        what=f"the build of {spec.ref}",
+        about={"tag": job.tag},
+    )
+    image_id, built = once.get(
+        find=lambda: _image_id(client, job.tag),
+        make=job.build,
+        describe=lambda image_id: {"image_id": image_id},
+        failure=_failure_fields,
+        replay=lambda fields: _recorded_error(fields, spec),
+    )
+    if built:
+        # Checked after the build's record: no failure of the build, the next asker builds.
+        after = _image_id(client, job.tag)
+        if after is None:
             raise ImageBuildError(
-                f"the engine built {spec.ref} but has no image {tag} right after",
+                f"the engine built {spec.ref} but has no image {job.tag} right after",
                 image=spec.ref,
             )
-        return result(attrs, "built")
+        image_id = after
+    return Image(
+        ref=spec.ref,
+        resolved_ref=job.tag,
+        id=image_id,
+        digest=None,
+        platform=spec.platform,
+        source="built" if built else "present",
+        seconds=time.monotonic() - started,
+    )
+
+
+def _image_id(client: docker.DockerClient, tag: str) -> str | None:
+    attrs = inspect_image(client, tag)
+    return None if attrs is None else str(attrs["Id"])
+
+
+@dataclass
+class _Job:
+    """One build of ``spec`` under its ``key``: what it is built from, with which labels,
+    and who hears of its progress."""
+
+    client: docker.DockerClient
+    spec: BuildSpec
+    source: Source
+    base_ids: list[str]
+    rewrite: Rewrite
+    key: str
+    labels: Mapping[str, str]
+    on_progress: Callable[[BuildProgress], None] | None
+
+    @property
+    def tag(self) -> str:
+        return build_tag(self.spec, self.key)
+
+    def build(self) -> str:
+        """Write the context and build it; the image id. Raises :class:`ContextChanged`
+        when a file changed since the key was computed."""
+        spec, rewrite = self.spec, self.rewrite
+        labels = {
+            **self.labels,
+            BUILD_KEY_LABEL: self.key,
+            BUILD_CONTEXT_LABEL: str(spec.context),
+            BUILD_SPEC_LABEL: _spec_digest(spec, self.source.dockerfile_name),
+        }
+        rewrite.labels = {k: v for k, v in labels.items() if rewrite.can_label(k, v)}
+        api_labels = {k: v for k, v in labels.items() if k not in rewrite.labels}
+        with tempfile.TemporaryFile(prefix="pytest-containers-context-") as context:
+            if write_context(self.source, self.base_ids, rewrite, context) != self.key:
+                raise ContextChanged(str(spec.context))  # changed since the key: again
+            return _run_build(self, context, api_labels)
 
 
 class _Log:
@@ -382,19 +396,10 @@ class _Log:
         self._report(None, done=True)
 
 
-def _run_build(
-    client: docker.DockerClient,
-    spec: BuildSpec,
-    source: Source,
-    context: IO[bytes],
-    tag: str,
-    labels: Mapping[str, str],
-    rewrite: Rewrite,
-    on_progress: Callable[[BuildProgress], None] | None,
-) -> str:
+def _run_build(job: _Job, context: IO[bytes], labels: Mapping[str, str]) -> str:
     """Run the classic builder on the tarball; returns the image id."""
-    log = _Log(spec, tag, rewrite, on_progress)
-    image_id: str | None = None
+    client, spec = job.client, job.spec
+    log = _Log(spec, job.tag, job.rewrite, job.on_progress)
     stream = EngineStream(client)
     finished = False
     try:
@@ -402,8 +407,8 @@ def _run_build(
             lambda: client.api.build(
                 fileobj=context,
                 custom_context=True,
-                tag=tag,
-                dockerfile=source.dockerfile_name,
+                tag=job.tag,
+                dockerfile=job.source.dockerfile_name,
                 target=spec.target,
                 buildargs=dict(spec.buildargs) or None,
                 platform=spec.platform,
@@ -416,21 +421,7 @@ def _run_build(
                 timeout=None,
             )
         )
-        for entry in entries:
-            if not isinstance(entry, Mapping):
-                continue
-            error = entry.get("error") or (entry.get("errorDetail") or {}).get("message")
-            if error:
-                log.flush()
-                raise _step_failed(spec, log, str(error))
-            if isinstance(entry.get("stream"), str):
-                log.feed(entry["stream"])
-            elif isinstance(entry.get("status"), str):
-                log.feed(str(entry["status"]) + "\n")
-            aux = entry.get("aux")
-            if isinstance(aux, Mapping) and isinstance(aux.get("ID"), str):
-                image_id = str(aux["ID"])
-        log.flush()
+        image_id = _follow(entries, spec, log)
         finished = True
     except docker.errors.APIError as error:
         log.flush()
@@ -445,11 +436,32 @@ def _run_build(
         if not finished:
             stream.abort()  # the engine cancels a build whose client went away
     if image_id is None:
-        attrs = inspect_image(client, tag)
-        if attrs is None:
+        image_id = _image_id(client, job.tag)
+        if image_id is None:
             raise _step_failed(spec, log, "the engine ended the build without an image")
-        image_id = str(attrs["Id"])
     log.done()
+    return image_id
+
+
+def _follow(entries: Iterable[object], spec: BuildSpec, log: _Log) -> str | None:
+    """Feed the builder's output to ``log``, raising at an error; the image id the
+    builder announced, if it did."""
+    image_id: str | None = None
+    for entry in entries:
+        if not isinstance(entry, Mapping):
+            continue
+        error = entry.get("error") or (entry.get("errorDetail") or {}).get("message")
+        if error:
+            log.flush()
+            raise _step_failed(spec, log, str(error))
+        if isinstance(entry.get("stream"), str):
+            log.feed(entry["stream"])
+        elif isinstance(entry.get("status"), str):
+            log.feed(str(entry["status"]) + "\n")
+        aux = entry.get("aux")
+        if isinstance(aux, Mapping) and isinstance(aux.get("ID"), str):
+            image_id = str(aux["ID"])
+    log.flush()
     return image_id
 
 
@@ -472,32 +484,14 @@ def _step_failed(
     return ImageBuildError(message, image=spec.ref, step=log.step, log_tail=tail)
 
 
-def _record(
-    state_path: Path,
-    run_id: str,
-    tag: str,
-    *,
-    image_id: str | None = None,
-    error: ImageBuildError | None = None,
-) -> None:
-    write_json_atomic(
-        state_path,
-        {
-            "run_id": run_id,
-            "tag": tag,
-            "image_id": image_id,
-            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "error": None
-            if error is None
-            else {"message": error.message, "step": error.step, "log_tail": error.log_tail},
-        },
-    )
-
-
-def _recorded_error(record: Mapping[str, object], spec: BuildSpec) -> ImageBuildError | None:
-    error = record.get("error")
-    if not isinstance(error, dict):
+def _failure_fields(error: ContainerError) -> dict[str, object] | None:
+    """What the state file keeps of a failed build for the rest of the run."""
+    if not isinstance(error, ImageBuildError):
         return None
+    return {"message": error.message, "step": error.step, "log_tail": error.log_tail}
+
+
+def _recorded_error(error: Mapping[str, object], spec: BuildSpec) -> ImageBuildError:
     step = error.get("step")
     return ImageBuildError(
         str(error.get("message") or f"building {spec.ref} failed earlier in this run"),
@@ -552,7 +546,6 @@ def prune_stale_builds(
     skipped rather than forced away.
     """
     keep_set = {item for item in keep if item}
-    everything = keep_newest is not None or older_than is not None
     built = _list_builds(client)
     if under is not None:
         root = os.path.abspath(under)
@@ -561,54 +554,70 @@ def prune_stale_builds(
             for item in built
             if item.context == root or item.context.startswith(root.rstrip(os.sep) + os.sep)
         ]
-
-    def kept(item: _Built) -> bool:
-        return item.tag in keep_set or any(
-            item.key == k or item.tag.rpartition(":")[2] == k[:TAG_KEY_CHARS]
-            for k in keep_set
-            if ":" not in k
-        )
-
-    if everything:
-        groups: dict[str, list[_Built]] = {}
-        for item in built:
-            groups.setdefault(item.group, []).append(item)
-        now = time.time()
-        candidates: list[_Built] = []
-        spared: list[tuple[str, str]] = []
-        for items in groups.values():
-            items.sort(key=lambda item: item.created, reverse=True)
-            newest = max(keep_newest or 0, 0)
-            spared += [(item.tag, "the newest build of its context") for item in items[:newest]]
-            for item in items[newest:]:
-                if older_than is None or now - item.created >= older_than:
-                    candidates.append(item)
-                else:
-                    spared.append((item.tag, f"built less than {older_than / 3600:g} h ago"))
+    if keep_newest is not None or older_than is not None:
+        candidates, spared = _by_age(built, keep_newest=keep_newest, older_than=older_than)
         if kept_out is not None:
             kept_out += spared
     else:
-        groups_kept = {item.group for item in built if kept(item)}
+        groups_kept = {item.group for item in built if _kept(item, keep_set)}
         candidates = [item for item in built if item.group in groups_kept]
     removed: list[str] = []
     for item in candidates:
-        if kept(item):
-            continue
-        try:
-            client.api.remove_image(item.tag, force=False, noprune=False)
-        except docker.errors.NotFound:
-            continue  # someone else pruned it
-        except docker.errors.APIError as error:
-            if error.status_code == 409:
-                # A container uses it: it is not stale to that container.
-                if kept_out is not None:
-                    kept_out.append((item.tag, "used by a container"))
-                continue
-            raise ContainerError(
-                f"cannot remove the stale build {item.tag}: {error.explanation or error}"
-            ) from None
-        removed.append(item.tag)
+        if not _kept(item, keep_set) and _remove_build(client, item, kept_out):
+            removed.append(item.tag)
     return removed
+
+
+def _kept(item: _Built, keep: set[str]) -> bool:
+    """Whether ``keep`` names the build, by its tag, its key or its tag's key prefix."""
+    return item.tag in keep or any(
+        item.key == k or item.tag.rpartition(":")[2] == k[:TAG_KEY_CHARS]
+        for k in keep
+        if ":" not in k
+    )
+
+
+def _by_age(
+    built: Iterable[_Built], *, keep_newest: int | None, older_than: float | None
+) -> tuple[list[_Built], list[tuple[str, str]]]:
+    """The builds to prune by age, grouped by what was built, and ``(tag, why)`` of
+    those spared."""
+    groups: dict[str, list[_Built]] = {}
+    for item in built:
+        groups.setdefault(item.group, []).append(item)
+    now = time.time()
+    candidates: list[_Built] = []
+    spared: list[tuple[str, str]] = []
+    newest = max(keep_newest or 0, 0)
+    for items in groups.values():
+        items.sort(key=lambda item: item.created, reverse=True)
+        spared += [(item.tag, "the newest build of its context") for item in items[:newest]]
+        for item in items[newest:]:
+            if older_than is None or now - item.created >= older_than:
+                candidates.append(item)
+            else:
+                spared.append((item.tag, f"built less than {older_than / 3600:g} h ago"))
+    return candidates, spared
+
+
+def _remove_build(
+    client: docker.DockerClient, item: _Built, kept_out: list[tuple[str, str]] | None
+) -> bool:
+    """Remove the build's tag; whether it was removed (by this call)."""
+    try:
+        client.api.remove_image(item.tag, force=False, noprune=False)
+    except docker.errors.NotFound:
+        return False  # someone else pruned it
+    except docker.errors.APIError as error:
+        if error.status_code == 409:
+            # A container uses it: it is not stale to that container.
+            if kept_out is not None:
+                kept_out.append((item.tag, "used by a container"))
+            return False
+        raise ContainerError(
+            f"cannot remove the stale build {item.tag}: {error.explanation or error}"
+        ) from None
+    return True
 
 
 def _list_builds(client: docker.DockerClient) -> list[_Built]:

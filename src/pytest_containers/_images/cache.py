@@ -2,7 +2,8 @@
 
 Several xdist workers, several threads and even several pytest runs on one host may ask
 for the same image at once. They agree through a lock file and a state file per
-(engine, resolved reference, platform) in the cache directory:
+(engine, resolved reference, platform) in the cache directory, by the recipe builds
+follow too (:class:`~pytest_containers._base.once.OncePerRun`):
 
 * the lock (an OS ``flock``, dropped by the kernel when its holder dies) makes one of them
   pull while the others wait;
@@ -49,13 +50,8 @@ from typing import Any
 import docker
 
 from pytest_containers._base.image import Image
-from pytest_containers._base.locks import (
-    CacheDirError,
-    ensure_private_dir,
-    exclusive,
-    key_path,
-    read_json,
-)
+from pytest_containers._base.locks import ensure_private_dir, exclusive, key_path, read_json
+from pytest_containers._base.once import OncePerRun
 from pytest_containers._base.reference import (
     Reference,
     normalize_platform,
@@ -68,6 +64,7 @@ from pytest_containers._images.archive import ArchiveEntry, ArchiveError, ImageA
 from pytest_containers._images.lockfile import Pin, UnpinnedImageError, pin_key
 from pytest_containers._images.pull import (
     PullProgress,
+    PullResult,
     image_target,
     inspect_image,
     pull_image,
@@ -80,12 +77,14 @@ from pytest_containers._images.records import (
     explain_error,
     matches_platform,
     not_present_error,
+    outcome_fields,
+    pull_failure_fields,
     recorded_error,
     repo_digests,
-    write_record,
 )
 from pytest_containers.errors import (
     ContainerError,
+    ImageNotFoundError,
     ImagePullError,
     ImageReferenceError,
 )
@@ -401,93 +400,104 @@ class ImageCache:
         return result
 
     def _obtain(self, target: Target, lock_path: Path, state_path: Path) -> Outcome:
-        """Make the image present: find it, load it from the archive or pull it."""
-        image, resolved = target.image, target.resolved
+        """Make the image present, once per run: find it, else load it from the archive
+        or pull it (:class:`~pytest_containers._base.once.OncePerRun` says how the
+        processes agree)."""
         # A digest names immutable content: "always" has nothing to refresh.
-        always = self.policy is PullPolicy.ALWAYS and resolved.digest is None
+        always = self.policy is PullPolicy.ALWAYS and target.resolved.digest is None
+        once = OncePerRun(
+            lock_path,
+            state_path,
+            run_id=self.run_id,
+            timeout=self.lock_timeout,
+            what=f"the image {target.image}",
+            about={"reference": str(target.resolved)},
+        )
+        outcome, _ = once.get(
+            find=lambda: self._usable(target, once, always=always),
+            refuse=lambda: self._refusal(target),
+            make=lambda: self._fetch(target, state_path, always=always),
+            describe=outcome_fields,
+            failure=pull_failure_fields,
+            replay=lambda fields: recorded_error(fields, target.image),
+        )
+        return outcome
 
-        # Without the lock first: the common case, an image already there, needs no wait.
-        attrs = self._usable(target, state_path, always=always)
-        if attrs is not None:
-            return Outcome(attrs, "present")
-        if self.policy is PullPolicy.NEVER and self._archived_entry(target) is None:
-            missing = None
-            if self.archive is not None:
-                missing = f"the image archive {self.archive.directory} has no copy of it"
-            raise not_present_error(target, missing)
-        with exclusive(lock_path, timeout=self.lock_timeout, what=f"the image {image}"):
-            # Whoever held the lock before may have pulled it, or failed, meanwhile.
-            attrs = self._usable(target, state_path, always=always)
-            if attrs is not None:
-                return Outcome(attrs, "present")
-            record = read_json(state_path)
-            if record is not None and record.get("run_id") == self.run_id:
-                error = recorded_error(record, image)
-                if error is not None:
-                    raise error
-            archive_note, archive_failed = None, False
-            if not always:
-                loaded, archive_note, archive_failed = self._load(target, state_path)
-                if loaded is not None:
-                    return loaded
-                if self.policy is PullPolicy.NEVER:
-                    raise not_present_error(target, archive_note)
-            try:
-                pulled = pull_image(
-                    self.client,
-                    resolved,
-                    platform=target.platform,
-                    stall_timeout=self.stall_timeout,
-                    retry_budget=self.retry_budget,
-                    on_progress=self.on_progress,
-                    declared=image,
-                )
-            except ImagePullError as error:
-                if always and error.kind != "permanent":
-                    # The registry is out of reach: the archived copy beats no image.
-                    loaded, archive_note, archive_failed = self._load(target, state_path)
-                    if loaded is not None:
-                        fallback = (
-                            f"pulling failed ({error.kind}: {error.reason}); used the archived "
-                            f"copy from {self.archive.directory if self.archive else '?'}"
-                        )
-                        _log.warning("%s: %s", image, fallback)
-                        return dataclasses.replace(loaded, note=fallback)
-                error = explain_error(error, target, archive_note)
-                self._record(state_path, resolved, error=error)
-                raise error from None
-            attrs = inspect_image(self.client, pulled.image_id)
-            if attrs is None:
-                raise ContainerError(f"the image {image} vanished right after its pull")
-            # The engine's "Digest:" line names what the tag points to; by digest, it is it.
-            digest = resolved.digest or pulled.digest
-            if digest is None:
-                digest = self._digest_of(attrs, target, state_path)
-            self._record(
-                state_path, resolved, image_id=pulled.image_id, digest=digest, source="pulled"
+    def _refusal(self, target: Target) -> ImageNotFoundError | None:
+        """Under the policy ``never``, with nothing archived, the image cannot be had:
+        the error, at once, rather than after a wait for the lock."""
+        if self.policy is not PullPolicy.NEVER or self._archived_entry(target) is not None:
+            return None
+        missing = None
+        if self.archive is not None:
+            missing = f"the image archive {self.archive.directory} has no copy of it"
+        return not_present_error(target, missing)
+
+    def _fetch(self, target: Target, state_path: Path, *, always: bool) -> Outcome:
+        """Load the image from the archive or pull it; called with its lock held."""
+        archive_note, archive_failed = None, False
+        if not always:
+            loaded, archive_note, archive_failed = self._load(target)
+            if loaded is not None:
+                return loaded
+            if self.policy is PullPolicy.NEVER:
+                raise not_present_error(target, archive_note)
+        try:
+            pulled = pull_image(
+                self.client,
+                target.resolved,
+                platform=target.platform,
+                stall_timeout=self.stall_timeout,
+                retry_budget=self.retry_budget,
+                on_progress=self.on_progress,
+                declared=target.image,
             )
-            # A bad archived copy was replaced by this pull: say so, it is worth a look.
-            replaced = f"pulled instead: {archive_note}" if archive_failed else None
-            return Outcome(attrs, "pulled", digest, replaced)
+        except ImagePullError as error:
+            if always and error.kind != "permanent":
+                # The registry is out of reach: the archived copy beats no image.
+                loaded, archive_note, archive_failed = self._load(target)
+                if loaded is not None:
+                    fallback = (
+                        f"pulling failed ({error.kind}: {error.reason}); used the archived "
+                        f"copy from {self.archive.directory if self.archive else '?'}"
+                    )
+                    _log.warning("%s: %s", target.image, fallback)
+                    return dataclasses.replace(loaded, note=fallback)
+            raise explain_error(error, target, archive_note) from None
+        # A bad archived copy was replaced by this pull: say so, it is worth a look.
+        replaced = f"pulled instead: {archive_note}" if archive_failed else None
+        return self._pulled(target, pulled, state_path, replaced)
 
-    def _usable(self, target: Target, state_path: Path, *, always: bool) -> dict[str, Any] | None:
-        """The engine's record of the image if it may be used without pulling."""
-        attrs = self._present(target, state_path)
-        if attrs is None or not always:
-            return attrs
-        # "always" reuses only what this run pulled, and only if the engine still has it.
-        record = read_json(state_path)
-        if (
-            record is not None
-            and record.get("run_id") == self.run_id
-            and record.get("reference") == str(target.resolved)
-            and record.get("error") is None
-            and record.get("image_id") == attrs["Id"]
-        ):
-            return attrs
-        return None
+    def _pulled(
+        self, target: Target, pulled: PullResult, state_path: Path, note: str | None
+    ) -> Outcome:
+        attrs = inspect_image(self.client, pulled.image_id)
+        if attrs is None:
+            raise ContainerError(f"the image {target.image} vanished right after its pull")
+        # The engine's "Digest:" line names what the tag points to; by digest, it is it.
+        digest = target.resolved.digest or pulled.digest
+        if digest is None:
+            digest = self._digest_of(attrs, target, state_path)
+        return Outcome(attrs, "pulled", digest, note)
 
-    def _present(self, target: Target, state_path: Path) -> dict[str, Any] | None:
+    def _usable(self, target: Target, once: OncePerRun, *, always: bool) -> Outcome | None:
+        """The image as present, if it may be used without pulling."""
+        attrs = self._present(target)
+        if attrs is None:
+            return None
+        if always:
+            # "always" reuses only what this run pulled, and only if the engine still has it.
+            record = once.recorded()
+            if (
+                record is None
+                or record.get("reference") != str(target.resolved)
+                or record.get("error") is not None
+                or record.get("image_id") != attrs["Id"]
+            ):
+                return None
+        return Outcome(attrs, "present")
+
+    def _present(self, target: Target) -> dict[str, Any] | None:
         """The engine's record of the image, if the engine has it."""
         resolved, platform = target.resolved, target.platform
         attrs = self._inspect(image_target(resolved), platform)
@@ -511,7 +521,7 @@ class ImageCache:
             _log.warning("cannot read the image archive %s: %s", self.archive.directory, error)
             return None
 
-    def _load(self, target: Target, state_path: Path) -> tuple[Outcome | None, str | None, bool]:
+    def _load(self, target: Target) -> tuple[Outcome | None, str | None, bool]:
         """Load the image from the archive, if it has it: the outcome; else, for messages,
         what kept the archive from providing it (``None`` without an archive), and whether
         the archive had a copy that failed.
@@ -538,13 +548,6 @@ class ImageCache:
             if error.corrupt:
                 self.archive.discard(entry)  # so that the pull that follows re-archives it
             return None, f"its archived copy could not be used: {error.message}", True
-        self._record(
-            state_path,
-            target.resolved,
-            image_id=str(attrs["Id"]),
-            digest=entry.digest,
-            source="loaded",
-        )
         return Outcome(attrs, "loaded", entry.digest), None, False
 
     def _tag_loaded(self, target: Target, attrs: dict[str, Any], entry: ArchiveEntry) -> None:
@@ -652,39 +655,3 @@ class ImageCache:
         if platform is not None and not matches_platform(attrs, platform):
             return None  # present, but for another platform: pull the right one
         return attrs
-
-    def _record(
-        self,
-        state_path: Path,
-        resolved: Reference,
-        *,
-        image_id: str | None = None,
-        digest: str | None = None,
-        source: str | None = None,
-        error: ImagePullError | None = None,
-    ) -> None:
-        """Record an outcome for the other processes of the run. A cache directory that
-        cannot take it (full, read-only) fails nothing by itself: the image is in the
-        engine either way; a failure's own error is raised with what the cache said."""
-        try:
-            write_record(
-                state_path,
-                self.run_id,
-                resolved,
-                image_id=image_id,
-                digest=digest,
-                source=source,
-                error=error,
-            )
-        except CacheDirError as problem:
-            if error is None:
-                _log.warning("%s: not recorded: %s", resolved, problem.message)
-                return
-            raise type(error)(
-                f"{error.message} (and the cache could not record it: {problem.message})",
-                image=error.image,
-                registry=error.registry,
-                reason=error.reason,
-                kind=error.kind,
-                test=error.test,
-            ) from None

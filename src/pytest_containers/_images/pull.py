@@ -287,58 +287,17 @@ def _attempt(
     tracker: _Tracker,
 ) -> PullResult:
     """One pull: returns the image id and digest, raises :class:`_Failure`."""
-    # The stream is read in a helper thread so that this one can time out on silence:
-    # a blocked socket read has no timeout (docker-py pulls with timeout=None).
-    events: queue.Queue[tuple[str, Any]] = queue.Queue()
     stream = EngineStream(client)
-
-    def read() -> None:
-        try:
-            entries = stream.open(
-                lambda: client.api.pull(
-                    ref.name,
-                    tag=ref.digest or ref.tag,
-                    platform=platform,
-                    stream=True,
-                    decode=True,
-                )
-            )
-            for entry in entries:
-                events.put(("entry", entry))
-        except BaseException as exc:
-            events.put(("error", exc))
-        else:
-            events.put(("end", None))
-
-    reader = threading.Thread(target=read, name=f"pytest-containers-pull {ref}", daemon=True)
-    reader.start()
+    events = _read_in_thread(
+        stream,
+        lambda: client.api.pull(
+            ref.name, tag=ref.digest or ref.tag, platform=platform, stream=True, decode=True
+        ),
+        name=f"pytest-containers-pull {ref}",
+    )
     finished = False
-    digest: str | None = None
     try:
-        deadline = time.monotonic() + stall_timeout
-        last_event = "none yet: the registry has not answered the engine"
-        while True:
-            try:
-                what, payload = events.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise _Failure("stalled", f"last event from the engine: {last_event}") from None
-            deadline = time.monotonic() + stall_timeout
-            if what == "end":
-                break
-            if what == "error":
-                raise _failure_from_exception(payload)
-            if isinstance(payload, Mapping):
-                error = payload.get("error") or (payload.get("errorDetail") or {}).get("message")
-                if error:
-                    reason = redact(str(error))
-                    raise _Failure(classify_pull_failure(reason), reason)
-                # A tag's RepoDigests may list several digests of the repository; this
-                # line says which one the tag points to now.
-                found = _DIGEST_STATUS_RE.match(str(payload.get("status") or ""))
-                if found is not None:
-                    digest = found.group(1)
-                tracker.feed(payload)
-                last_event = _describe_event(payload)
+        digest = _follow(events, stall_timeout, tracker)
         finished = True
     finally:
         if not finished:
@@ -349,6 +308,61 @@ def _attempt(
     if attrs is None:
         raise _Failure("transient", "the engine ended the pull without the image")
     return PullResult(str(attrs["Id"]), digest)
+
+
+def _read_in_thread(
+    stream: EngineStream, request: Callable[[], Any], *, name: str
+) -> queue.Queue[tuple[str, Any]]:
+    """The entries of the stream ``request`` opens, read in a helper thread so that the
+    caller can time out on silence: a blocked socket read has no timeout (docker-py
+    pulls with timeout=None). ``("entry", entry)`` each, then ``("end", None)`` or
+    ``("error", exception)``."""
+    events: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def read() -> None:
+        try:
+            for entry in stream.open(request):
+                events.put(("entry", entry))
+        except BaseException as exc:
+            events.put(("error", exc))
+        else:
+            events.put(("end", None))
+
+    threading.Thread(target=read, name=name, daemon=True).start()
+    return events
+
+
+def _follow(
+    events: queue.Queue[tuple[str, Any]], stall_timeout: float, tracker: _Tracker
+) -> str | None:
+    """Follow a pull's events to their end; the digest the engine said it pulled, if it
+    did. Raises :class:`_Failure` on an error, or after ``stall_timeout`` seconds of
+    silence."""
+    digest: str | None = None
+    deadline = time.monotonic() + stall_timeout
+    last_event = "none yet: the registry has not answered the engine"
+    while True:
+        try:
+            what, payload = events.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise _Failure("stalled", f"last event from the engine: {last_event}") from None
+        deadline = time.monotonic() + stall_timeout
+        if what == "end":
+            return digest
+        if what == "error":
+            raise _failure_from_exception(payload)
+        if isinstance(payload, Mapping):
+            error = payload.get("error") or (payload.get("errorDetail") or {}).get("message")
+            if error:
+                reason = redact(str(error))
+                raise _Failure(classify_pull_failure(reason), reason)
+            # A tag's RepoDigests may list several digests of the repository; this
+            # line says which one the tag points to now.
+            found = _DIGEST_STATUS_RE.match(str(payload.get("status") or ""))
+            if found is not None:
+                digest = found.group(1)
+            tracker.feed(payload)
+            last_event = _describe_event(payload)
 
 
 def _describe_event(entry: Mapping[str, Any]) -> str:

@@ -1,19 +1,23 @@
 """What the image cache keeps and says: the target of one request, the outcome of
-obtaining it, the state file's record of a pull for the other processes of a run, and
-the errors built from records, pins and the archive. Pure but for the state file.
+obtaining it, what the state file records of a pull for the other processes of a run
+(:class:`~pytest_containers._base.once.OncePerRun` writes it), and the errors built from
+records, pins and the archive. Pure.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-from pytest_containers._base.locks import write_json_atomic
 from pytest_containers._base.reference import Reference, parse_reference
 from pytest_containers._images.pull import make_pull_error
-from pytest_containers.errors import ImageNotFoundError, ImagePullError, ImageReferenceError
+from pytest_containers.errors import (
+    ContainerError,
+    ImageNotFoundError,
+    ImagePullError,
+    ImageReferenceError,
+)
 
 __all__ = [
     "Key",
@@ -23,9 +27,10 @@ __all__ = [
     "explain_error",
     "matches_platform",
     "not_present_error",
+    "outcome_fields",
+    "pull_failure_fields",
     "recorded_error",
     "repo_digests",
-    "write_record",
 ]
 
 
@@ -105,36 +110,28 @@ def explain_error(
     )
 
 
-def write_record(
-    state_path: Path,
-    run_id: str,
-    resolved: Reference,
-    *,
-    image_id: str | None,
-    digest: str | None,
-    source: str | None,
-    error: ImagePullError | None,
-) -> None:
-    """Record a pull's (or a load's) outcome for the other processes of run ``run_id``."""
-    write_json_atomic(
-        state_path,
-        {
-            "run_id": run_id,
-            "reference": str(resolved),
-            "image_id": image_id,
-            "digest": digest,
-            "source": source,
-            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "error": None
-            if error is None
-            else {
-                "kind": error.kind,
-                "message": error.message,
-                "reason": error.reason,
-                "registry": error.registry,
-            },
-        },
-    )
+def outcome_fields(outcome: Outcome) -> dict[str, object]:
+    """What the state file keeps of an image obtained (pulled or loaded) for the rest of
+    the run: which image, as which digest, from where."""
+    return {
+        "image_id": str(outcome.attrs["Id"]),
+        "digest": outcome.digest,
+        "source": outcome.source,
+    }
+
+
+def pull_failure_fields(error: ContainerError) -> dict[str, object] | None:
+    """What the state file keeps of a failed pull, for the rest of the run to raise again
+    (:func:`recorded_error`); ``None`` for an error that is no failed pull (a policy that
+    forbids pulling, an image that vanished): the next asker tries again."""
+    if not isinstance(error, ImagePullError) or error.kind == "policy":
+        return None
+    return {
+        "kind": error.kind,
+        "message": error.message,
+        "reason": error.reason,
+        "registry": error.registry,
+    }
 
 
 def repo_digests(attrs: dict[str, Any], resolved: Reference) -> list[str]:
@@ -158,11 +155,9 @@ def matches_platform(attrs: dict[str, Any], platform: str) -> bool:
     return wanted[: len(have)] == have
 
 
-def recorded_error(record: dict[str, object], image: str) -> ImagePullError | None:
-    """The failure another process of this run recorded, as an exception, if any."""
-    error = record.get("error")
-    if not isinstance(error, dict):
-        return None
+def recorded_error(error: Mapping[str, object], image: str) -> ImagePullError:
+    """The failure another process of this run recorded (:func:`pull_failure_fields`),
+    as an exception."""
     registry = error.get("registry")
     return make_pull_error(
         str(error.get("kind") or "permanent"),
