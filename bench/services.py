@@ -25,13 +25,15 @@ from pytest_containers._base.settings import Settings
 from pytest_containers._manager.manager import ContainerManager
 from pytest_containers._manager.services import Service, start_services, stop_services
 
-REDIS = service("redis", "redis:7", ports=[6379], wait=wait.for_log("Ready to accept connections"))
+REDIS = service(
+    "redis:7", name="redis", ports=[6379], wait=wait.for_log("Ready to accept connections")
+)
 
 
 def slow_service(sleep: float) -> Service:
     return service(
-        "slow",
         "busybox:1.35",
+        name="slow",
         command=["sh", "-c", f"sleep {sleep:g}; echo ready; sleep 600"],
         wait=wait.for_log("ready"),
     )

@@ -34,3 +34,53 @@ def test_the_tests_mirror_the_package_folders() -> None:
     folders = {path.parent.name.lstrip("_") for path in PACKAGE.glob("*/__init__.py")}
     tests = {path.parent.name for path in (ROOT / "tests").glob("*/__init__.py")}
     assert folders == tests
+
+
+#: pytest's private attributes that plugins reach for; any other ``_name`` read off a
+#: pytest object (``config``, ``item``, ``request``, ...) counts too.
+PRIVATE_PYTEST = {
+    "_parser", "_fixtureinfo", "_getframe", "_fixturemanager", "_pyfuncitem", "_groups",
+    "_anonymous", "_arg2fixturedefs", "_inicache", "_opt2dest", "_fixturedef", "_tw",
+    "_name2pseudofixturedef", "_initialpaths", "_store", "_obj", "_request",
+}  # fmt: skip
+PYTEST_OBJECTS = {
+    "config", "early_config", "pytestconfig", "item", "items", "request", "session",
+    "node", "metafunc", "parser", "pluginmanager", "terminalreporter", "reporter",
+    "callspec", "definition", "excinfo", "report", "call", "collector", "fixturedef",
+}  # fmt: skip
+
+
+def private_pytest_uses(source: str) -> list[str]:
+    """Where ``source`` reads pytest's internals: ``_pytest`` imports, the attributes of
+    PRIVATE_PYTEST (also through ``getattr``), a ``_name`` read off a pytest object."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        line = getattr(node, "lineno", 0)
+        if isinstance(node, ast.Import):
+            found += [
+                f"{line}: import {a.name}" for a in node.names if a.name.startswith("_pytest")
+            ]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("_pytest"):
+            found.append(f"{line}: from {node.module}")
+        elif isinstance(node, ast.Attribute) and not node.attr.startswith("__"):
+            owner = node.value.id if isinstance(node.value, ast.Name) else ""
+            if node.attr in PRIVATE_PYTEST or (
+                node.attr.startswith("_") and owner in PYTEST_OBJECTS
+            ):
+                found.append(f"{line}: .{node.attr}")
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("getattr", "hasattr"):
+            name = node.args[1] if len(node.args) > 1 else None
+            if isinstance(name, ast.Constant) and name.value in PRIVATE_PYTEST:
+                found.append(f"{line}: getattr {name.value!r}")
+    return found
+
+
+def test_the_plugin_uses_public_pytest_api_only() -> None:
+    """No ``config._parser``, ``item._fixtureinfo``, ``sys._getframe`` or ``_pytest``:
+    they change without notice between pytest releases."""
+    offenders = {
+        str(path.relative_to(PACKAGE)): uses
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (uses := private_pytest_uses(path.read_text()))
+    }
+    assert offenders == {}

@@ -23,11 +23,14 @@ __all__ = [
     "ImagePullError",
     "ImageReferenceError",
     "LockFileError",
+    "MarkerError",
     "NetworkError",
     "PortNotPublishedError",
     "ServiceError",
     "ServiceStartError",
+    "SettingError",
     "UnpinnedImageError",
+    "WaitFailed",
 ]
 
 
@@ -53,7 +56,7 @@ class ContainerError(Exception):
         self.test = test
 
     def __str__(self) -> str:
-        if self.test:
+        if self.test and not self.message.startswith(f"{self.test}: "):
             return f"{self.test}: {self.message}"
         return self.message
 
@@ -227,9 +230,64 @@ class ArchiveError(ContainerError):
         self.corrupt = corrupt
 
 
-class ServiceError(ValueError):
+class ServiceError(ContainerError, ValueError):
     """A service declaration that cannot be used; the message names the service (or the
-    ini line) and says what to write instead."""
+    ini line) and says what to write instead. ``service`` is its name and ``image`` its
+    image, when the declaration got that far.
+
+    Also a :class:`ValueError`, for callers that catch a bad argument as one."""
+
+    def __init__(
+        self, message: str, *, service: str | None = None, image: str | None = None
+    ) -> None:
+        super().__init__(message, image=image)
+        self.service = service
+
+
+class MarkerError(ContainerError):
+    """A ``container`` marker (or a ``container_fixture``) that cannot be used; raised at
+    collection, the message names the test and says what to write instead."""
+
+
+class SettingError(ContainerError, ValueError):
+    """A setting's value is invalid (a ``--container-*`` option, a ``container_*`` ini
+    key or a ``PYTEST_CONTAINERS_*`` variable); the message names the setting and the valid
+    values. ``setting`` is the option's name (``timeout`` for ``--container-timeout``),
+    when one setting is at fault.
+
+    Also a :class:`ValueError`, for callers that catch a bad argument as one."""
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class WaitFailed(ContainerError):
+    """A wait strategy cannot be satisfied (``pytest_containers.wait.WaitFailed`` too).
+
+    ``reason`` says why in a few words. ``exited`` is true when the container stopped
+    running while being waited for, ``timed_out`` when the deadline passed first;
+    ``timeout`` then names the seconds that ran out when they were a nested strategy's own
+    rather than the whole wait's. ``container`` is the container waited for, once
+    :func:`~pytest_containers.wait.wait_until_ready` has seen it fail. The plugin turns it
+    into a :class:`ContainerStartupError` with the container's state and logs.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        exited: bool = False,
+        timed_out: bool = False,
+        timeout: float | None = None,
+        container: str | None = None,
+        image: str | None = None,
+    ) -> None:
+        super().__init__(reason, container=container, image=image)
+        self.reason = reason
+        self.exited = exited
+        self.timed_out = timed_out
+        self.timeout = timeout
 
 
 class ServiceStartError(ContainerError):

@@ -28,8 +28,9 @@ from pytest_containers._suite.fixtures import (
     record_fixture_values,
     used_containers_key,
 )
-from pytest_containers._suite.markers import MarkerError, declarations, declarations_key
-from pytest_containers._suite.state import plugin_state
+from pytest_containers._suite.markers import declarations, declarations_key
+from pytest_containers._suite.state import parser_key, plugin_state
+from pytest_containers.errors import MarkerError
 
 if TYPE_CHECKING:
     from pytest_containers._containers.container import Container
@@ -52,6 +53,10 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     _session.add_options(parser)
+
+
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser) -> None:
+    early_config.stash[parser_key] = parser
 
 
 def pytest_cmdline_main(config: pytest.Config) -> int | None:

@@ -50,6 +50,7 @@ from pytest_containers._containers.probes import (
 # Where a strategy's author finds them, as before they moved to _probes.
 from pytest_containers._containers.probes import exit_reason as exit_reason
 from pytest_containers._containers.probes import normalize_port as normalize_port
+from pytest_containers.errors import WaitFailed
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -134,30 +135,6 @@ class WaitTarget(Protocol):
         """Follow the output of the container's current run (stdout and stderr)."""
 
 
-class WaitFailed(Exception):
-    """A wait strategy cannot be satisfied.
-
-    ``reason`` says why in a few words. ``exited`` is true when the container stopped
-    running while being waited for, ``timed_out`` when the deadline passed first;
-    ``timeout`` then names the seconds that ran out when they were a nested strategy's own
-    rather than the whole wait's.
-    """
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        exited: bool = False,
-        timed_out: bool = False,
-        timeout: float | None = None,
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.exited = exited
-        self.timed_out = timed_out
-        self.timeout = timeout
-
-
 class WaitStrategy(abc.ABC):
     """How to tell that a container is ready.
 
@@ -187,7 +164,12 @@ def wait_until_ready(
 ) -> None:
     """Run ``strategy`` against ``container`` with its own timeout or ``default_timeout``."""
     timeout = strategy.timeout if strategy.timeout is not None else default_timeout
-    strategy.wait(container, time.monotonic() + timeout)
+    try:
+        strategy.wait(container, time.monotonic() + timeout)
+    except WaitFailed as failed:
+        if failed.container is None:
+            failed.container = container.name
+        raise
 
 
 # --- watching the container ------------------------------------------------------------

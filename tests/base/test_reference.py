@@ -9,6 +9,7 @@ import pytest
 
 from pytest_containers._base.reference import (
     Reference,
+    default_name,
     normalize_platform,
     parse_mirror,
     parse_reference,
@@ -191,55 +192,39 @@ def test_a_non_string_is_rejected() -> None:
 # --- rendering -------------------------------------------------------------------------
 
 RENDERED = [
-    # text, str(), name, familiar
-    ("redis", "docker.io/library/redis:latest", "docker.io/library/redis", "redis:latest"),
-    ("redis:7", "docker.io/library/redis:7", "docker.io/library/redis", "redis:7"),
-    ("user/app:1", "docker.io/user/app:1", "docker.io/user/app", "user/app:1"),
-    ("library/a/b:1", "docker.io/library/a/b:1", "docker.io/library/a/b", "library/a/b:1"),
-    (
-        "localhost:5000/a/b:1",
-        "localhost:5000/a/b:1",
-        "localhost:5000/a/b",
-        "localhost:5000/a/b:1",
-    ),
+    # text, str(), name, default_name()
+    ("redis", "docker.io/library/redis:latest", "docker.io/library/redis", "redis"),
+    ("redis:7", "docker.io/library/redis:7", "docker.io/library/redis", "redis"),
+    ("user/app:1", "docker.io/user/app:1", "docker.io/user/app", "app"),
+    ("library/a/b:1", "docker.io/library/a/b:1", "docker.io/library/a/b", "b"),
+    ("localhost:5000/a/b:1", "localhost:5000/a/b:1", "localhost:5000/a/b", "b"),
     (
         "127.0.0.1:5555/library/redis",
         "127.0.0.1:5555/library/redis:latest",
         "127.0.0.1:5555/library/redis",
-        "127.0.0.1:5555/library/redis:latest",
+        "redis",
     ),
-    (
-        "redis:7@" + SHA,
-        "docker.io/library/redis:7@" + SHA,
-        "docker.io/library/redis",
-        "redis:7@" + SHA,
-    ),
-    (
-        "localhost:5000/a/b@" + SHA,
-        "localhost:5000/a/b@" + SHA,
-        "localhost:5000/a/b",
-        "localhost:5000/a/b@" + SHA,
-    ),
+    ("redis:7@" + SHA, "docker.io/library/redis:7@" + SHA, "docker.io/library/redis", "redis"),
+    ("localhost:5000/a/b@" + SHA, "localhost:5000/a/b@" + SHA, "localhost:5000/a/b", "b"),
 ]
 
 
-@pytest.mark.parametrize(("text", "full", "name", "familiar"), RENDERED)
-def test_references_render_in_canonical_name_and_familiar_forms(
-    text: str, full: str, name: str, familiar: str
+@pytest.mark.parametrize(("text", "full", "name", "short"), RENDERED)
+def test_references_render_in_canonical_and_name_forms_and_name_their_container(
+    text: str, full: str, name: str, short: str
 ) -> None:
     reference = parse_reference(text)
     assert str(reference) == full
     assert reference.name == name
-    assert reference.familiar == familiar
+    assert default_name(text) == short
 
 
-@pytest.mark.parametrize(("text", "_full", "_name", "_familiar"), RENDERED)
-def test_the_canonical_and_familiar_forms_parse_back_to_the_same_reference(
-    text: str, _full: str, _name: str, _familiar: str
+@pytest.mark.parametrize(("text", "_full", "_name", "_short"), RENDERED)
+def test_the_canonical_form_parses_back_to_the_same_reference(
+    text: str, _full: str, _name: str, _short: str
 ) -> None:
     reference = parse_reference(text)
     assert parse_reference(str(reference)) == reference
-    assert parse_reference(reference.familiar) == reference
 
 
 def test_a_reference_is_immutable_and_hashable() -> None:

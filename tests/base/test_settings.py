@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from pytest_containers import SettingError
 from pytest_containers._base.settings import (
     OPTIONS,
     Choice,
     KeepPolicy,
     LockMode,
     PullPolicy,
-    SettingError,
     Settings,
     UnavailableAction,
     resolve_settings,

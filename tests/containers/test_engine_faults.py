@@ -24,7 +24,7 @@ import pytest
 
 from pytest_containers._base.image import Image
 from pytest_containers._containers.faults import (
-    EngineGuard,
+    EngineRecovery,
     container_fault,
     engine_gone,
     never_sent,
@@ -256,7 +256,7 @@ def test_the_guard_waits_for_an_engine_that_comes_back_and_not_for_one_that_is_g
     second_engine: SecondEngine,
 ) -> None:
     client = docker.DockerClient(base_url=second_engine.host, timeout=5)
-    guard = EngineGuard(client.ping, grace=5, location=second_engine.host)
+    guard = EngineRecovery(client.ping, grace=5, location=second_engine.host)
     try:
         assert guard.run(client.version, what="asking")["Version"]
         second_engine.stop()
@@ -444,7 +444,7 @@ def test_a_request_that_could_not_connect_waits_for_the_engine_and_goes_again(
     client = docker.DockerClient(base_url=engine_proxy.host, version="1.41", timeout=30)
     # The guard pings through the same client, as the plugin's does: it must not wait on
     # itself.
-    retry_unsent(client, EngineGuard(client.ping, grace=30, location=engine_proxy.host))
+    retry_unsent(client, EngineRecovery(client.ping, grace=30, location=engine_proxy.host))
     answers: list[dict[str, object]] = []
     asking = threading.Thread(target=lambda: answers.append(client.version()), daemon=True)
     try:
@@ -465,7 +465,7 @@ def test_a_request_cut_after_it_was_sent_is_not_sent_again(
 ) -> None:  # fmt: skip
     sleeper = docker_client.containers.run(busybox.id, ["sleep", "300"], detach=True)
     client = docker.DockerClient(base_url=engine_proxy.host, version="1.41", timeout=30)
-    retry_unsent(client, EngineGuard(client.ping, grace=30, location=engine_proxy.host))
+    retry_unsent(client, EngineRecovery(client.ping, grace=30, location=engine_proxy.host))
     failures: list[Exception] = []
 
     def wait_for_its_exit() -> None:

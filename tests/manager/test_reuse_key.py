@@ -11,9 +11,9 @@ from pathlib import Path
 import docker.models.networks
 import pytest
 
+from pytest_containers import MarkerError, SettingError
 from pytest_containers._base.image import Image
 from pytest_containers._base.settings import (
-    SettingError,
     format_duration,
     parse_duration,
     resolve_settings,
@@ -27,7 +27,7 @@ from pytest_containers._manager.reuse import (
     reuse_key,
     reuse_summary,
 )
-from pytest_containers._suite.markers import MarkerError, check_reuse
+from pytest_containers._suite.markers import check_reuse
 from pytest_containers.wait import for_exec, for_log
 
 IMAGE = Image(ref="redis:7", resolved_ref="redis:7", id="sha256:" + "a" * 64, digest="sha256:1")

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from pytest_containers import Service, ServiceError, service, wait
+from pytest_containers import ContainerError, Service, ServiceError, service, wait
 from pytest_containers._manager.services import check_unique, parse_ini, parse_ini_line
 from tests.conftest import SERIAL_AND_XDIST
 
 
 def test_a_service_keeps_what_it_declares() -> None:
     declared = service(
-        "redis",
         "redis:7",
+        name="redis",
         per="run",
         ports=[6379],
         env={"A": "1"},
@@ -40,32 +40,35 @@ def test_a_service_keeps_what_it_declares() -> None:
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: service("", "redis:7"), "the name must be a non-empty string"),
-        (lambda: service("redis"), "pass an image"),
-        (lambda: service("redis", "redis:7", build="ctx"), "pass an image"),
-        (lambda: service("redis", "redis:7", per="test"), "invalid per='test'"),
-        (lambda: service("redis", "redis:7", scope="session"), "not scope="),
-        (lambda: service("redis", "redis:7", target="x"), "only go with build="),
-        (lambda: service("redis", "redis:7", prots=[1]), "unknown container option(s) 'prots'"),
+        (lambda: service("redis:7", name=""), "name= must be a non-empty string"),
+        (lambda: service(name="redis"), "pass an image"),
+        (lambda: service("redis:7", name="redis", build="ctx"), "pass an image"),
+        (lambda: service("redis:7", name="redis", per="test"), "invalid per='test'"),
+        (lambda: service("redis:7", name="redis", scope="session"), "not scope="),
+        (lambda: service("redis:7", name="redis", target="x"), "only go with build="),
         (
-            lambda: service("redis", "redis:7", expose={"URL": "{host}:{port}"}),
+            lambda: service("redis:7", name="redis", prots=[1]),
+            "unknown container option(s) 'prots'",
+        ),
+        (
+            lambda: service("redis:7", name="redis", expose={"URL": "{host}:{port}"}),
             "uses {port} but the service publishes no port",
         ),
         (
-            lambda: service("redis", "redis:7", ports=[6379], expose={"URL": "{port[80]}"}),
+            lambda: service("redis:7", name="redis", ports=[6379], expose={"URL": "{port[80]}"}),
             "publishes 6379/tcp only",
         ),
         (
-            lambda: service("redis", "redis:7", options={"url": "{hots}"}),
+            lambda: service("redis:7", name="redis", options={"url": "{hots}"}),
             "uses {hots}; the fields are {host}, {port}, {name}, {ip}",
         ),
-        (lambda: service("redis", "redis:7", expose={"URL": "{host"}), "not a valid template"),
-        (lambda: service("redis", "redis:7", expose=["URL"]), "expose= takes a dict"),  # type: ignore[arg-type]
+        (lambda: service("redis:7", name="redis", expose={"URL": "{host"}), "not a valid template"),
+        (lambda: service("redis:7", name="redis", expose=["URL"]), "expose= takes a dict"),  # type: ignore[arg-type]
         (
-            lambda: service("redis", "redis:7", per="run", reset=["redis-cli", "FLUSHALL"]),
+            lambda: service("redis:7", name="redis", per="run", reset=["redis-cli", "FLUSHALL"]),
             "reset= goes with per='worker' only",
         ),
-        (lambda: service("redis", "redis:7", reset="FLUSHALL"), "reset= takes a command"),
+        (lambda: service("redis:7", name="redis", reset="FLUSHALL"), "reset= takes a command"),
     ],
 )
 def test_a_bad_declaration_says_what_is_wrong(call: object, message: str) -> None:
@@ -74,15 +77,33 @@ def test_a_bad_declaration_says_what_is_wrong(call: object, message: str) -> Non
     assert message in str(caught.value)
 
 
+def test_a_service_takes_the_image_first_and_its_name_by_keyword_as_the_marker_does() -> None:
+    assert service("redis:7", name="cache").name == "cache"
+    assert service("redis:7").name == "redis"
+    assert service("ghcr.io/org/app:1").name == "app"
+    assert service(build="tests/app", name=None).name == "app"
+
+
+def test_a_bad_declaration_is_a_container_error_that_names_the_service_and_image() -> None:
+    with pytest.raises(ContainerError) as caught:
+        service("redis:7", name="cache", per="test")
+    assert isinstance(caught.value, ServiceError)
+    assert isinstance(caught.value, ValueError)  # as it was before it joined ContainerError
+    assert (caught.value.service, caught.value.image) == ("cache", "redis:7")
+    with pytest.raises(ServiceError) as caught:
+        parse_ini_line("cache redis:7 per=test")
+    assert (caught.value.service, caught.value.image) == ("cache", "redis:7")
+
+
 def test_a_reset_is_a_command_or_a_callable() -> None:
     def flush(container: object) -> None:
         pass
 
-    assert service("redis", "redis:7", reset=["redis-cli", "FLUSHALL"]).reset == (
+    assert service("redis:7", name="redis", reset=["redis-cli", "FLUSHALL"]).reset == (
         "redis-cli",
         "FLUSHALL",
     )
-    assert service("redis", "redis:7", reset=flush).reset is flush
+    assert service("redis:7", name="redis", reset=flush).reset is flush
     (declared,) = parse_ini(["redis redis:7 'reset=redis-cli FLUSHALL'"])
     assert declared.reset == ("redis-cli", "FLUSHALL")
     assert "reset" not in dict(declared.keywords)
@@ -155,7 +176,7 @@ def test_a_bad_ini_line_is_named_in_the_error(line: str, message: str) -> None:
 
 def test_two_services_may_not_share_a_name() -> None:
     with pytest.raises(ServiceError, match="several services are named 'db'"):
-        check_unique([service("db", "redis:7"), service("db", "redis:7")])
+        check_unique([service("redis:7", name="db"), service("redis:7", name="db")])
 
 
 def test_a_bad_ini_key_stops_the_run_before_anything_starts(pytester: pytest.Pytester) -> None:
@@ -188,7 +209,7 @@ def test_a_hook_that_raises_stops_the_run_with_one_line_that_names_it(
         import pytest_containers
 
         def pytest_containers_services(config):
-            return [pytest_containers.service("redis:7", name="cache")]
+            return [pytest_containers.service("cache", "redis:7")]
         """
     )
     pytester.makepyfile("def test_x(): pass")
@@ -196,8 +217,10 @@ def test_a_hook_that_raises_stops_the_run_with_one_line_that_names_it(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
-            "ERROR: pytest_containers_services (*conftest.py:4) raised TypeError: service() got "
-            "multiple values for argument 'name'; it is service(name, image, *, *): the name first"
+            "ERROR: pytest_containers_services (*conftest.py:4) raised TypeError: service() "
+            "takes * positional argument* but 2 were given; it is service(image, *, name=None, "
+            "build=None, per='worker', ...), in the marker's order: the image first, the rest "
+            "by keyword"
         ]
     )
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
@@ -223,3 +246,39 @@ def test_an_option_no_one_adds_is_a_usage_error_before_anything_starts(
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: service 'redis': options= names 'nope', which no*"])
+
+
+def test_an_option_given_under_any_of_its_flags_is_left_to_the_command_line(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What keeps a service's options= from overwriting the user's value: the option's own
+    # flags (here unlike its dest), its short one, PYTEST_ADDOPTS, and its default given.
+    pytester.makeconftest(
+        """
+        def pytest_addoption(parser):
+            parser.addoption("--server", "-S", dest="server_url", default="redis://here")
+            parser.addoption("--level", dest="level", action="count", default=0)
+            parser.addoption("--other-url", dest="other_url")
+        """
+    )
+    pytester.makepyfile(
+        """
+        from pytest_containers._suite.service_hooks import given_on_command_line
+
+        def test_given(pytestconfig):
+            dests = ("server_url", "level", "other_url")
+            print("GIVEN", sorted(d for d in dests if given_on_command_line(pytestconfig, d)))
+        """
+    )
+    runs = [
+        (["--server=redis://mine"], "['server_url']"),
+        (["-S", "redis://here"], "['server_url']"),
+        (["--level", "--level"], "['level']"),
+        ([], "[]"),
+    ]
+    for args, given in runs:
+        result = pytester.runpytest_subprocess("-s", "-p", "no:cacheprovider", *args)
+        assert f"GIVEN {given}\n" in result.stdout.str(), args
+    monkeypatch.setenv("PYTEST_ADDOPTS", "--other-url=x")
+    result = pytester.runpytest_subprocess("-s", "-p", "no:cacheprovider")
+    assert "GIVEN ['other_url']\n" in result.stdout.str()

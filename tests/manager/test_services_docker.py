@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import time
 import uuid
@@ -18,13 +17,13 @@ from typing import Any
 import docker
 import pytest
 
+from tests import pages
 from tests.conftest import SERIAL_AND_XDIST, InnerRuns
 from tests.testenv import (
     BUSYBOX,
     MIRROR_OPTION,
     REDIS,
     REGISTRY,
-    ROOT,
     RegistryLog,
     run_containers,
     start_pytest,
@@ -121,7 +120,7 @@ from pytest_containers import wait
 def pytest_containers_services(config):
     return [
         pytest_containers.service(
-            "redis", "{image}", per="{per}", ports=[6379],
+            "{image}", name="redis", per="{per}", ports=[6379],
             wait=wait.for_log("Ready to accept connections"),
             expose={{"REDIS_URL": "redis://{{host}}:{{port}}"}},
             options={{"server_url": "redis://{{host}}:{{port[6379]}}"}},
@@ -387,7 +386,7 @@ def test_a_failing_service_reset_errors_that_test_and_the_others_go_on(
                 raise RuntimeError("the flush went wrong")
 
         def pytest_containers_services(config):
-            return [pytest_containers.service("box", "{BUSYBOX}", command=["sleep", "300"],
+            return [pytest_containers.service("{BUSYBOX}", name="box", command=["sleep", "300"],
                                               reset=flaky)]
         """
     )
@@ -448,7 +447,7 @@ def test_a_service_that_fails_in_one_worker_stops_the_run(
             script = "echo boom in gw1; exit 3" if broken else "echo ready; sleep 600"
             return [
                 pytest_containers.service(
-                    "flaky", "{BUSYBOX}", command=["sh", "-c", script],
+                    "{BUSYBOX}", name="flaky", command=["sh", "-c", script],
                     wait=pytest_containers.wait.for_log("ready"),
                 )
             ]
@@ -482,10 +481,10 @@ def test_a_service_that_fails_in_one_worker_stops_the_run(
     assert run_suite.leftovers(docker_client) == []
 
 
-def test_the_readme_service_hook_example_runs(
+def test_the_docs_service_hook_example_runs(
     run_suite: InnerRuns, pytester: pytest.Pytester
 ) -> None:
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    blocks = [block for page in pages.PAGES for block in pages.blocks(page, "python")]
     (example,) = [block for block in blocks if "def pytest_containers_services" in block]
     pytester.makeconftest(example)
     pytester.makepyfile(
@@ -580,8 +579,8 @@ def test_services_start_concurrently(tmp_path: Path, docker_client: docker.Docke
     def waiting_for(me: str, other: str) -> Any:
         script = f"touch /shared/{me}; until [ -e /shared/{other} ]; do sleep 0.1; done; "
         return service(
-            me,
             BUSYBOX,
+            name=me,
             command=["sh", "-c", script + "echo ready; sleep 600"],
             volumes=[f"{shared}:/shared"],
             wait=wait.for_log("ready", timeout=20),

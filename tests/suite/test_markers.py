@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from pytest_containers._suite.markers import Declaration, MarkerError, declarations
+from pytest_containers import MarkerError
+from pytest_containers._suite.markers import Declaration, declarations
 
 
 def _declaration(*images: str, index: int = 0) -> Declaration:

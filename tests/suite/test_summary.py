@@ -1,10 +1,10 @@
-"""The summary of images, as the README shows it (pure logic)."""
+"""The summary of images, as the README and the docs show it (pure logic)."""
 
 from __future__ import annotations
 
 from pytest_containers._base.image import Image
 from pytest_containers._suite.run_report import summary_lines
-from tests.testenv import ROOT
+from tests import pages
 
 README_IMAGES = [
     Image(
@@ -34,12 +34,17 @@ README_IMAGES = [
 ]
 
 
-def _readme_summary() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+def _shown_summaries() -> list[list[str]]:
     header = "------------------------------ containers: images ------------------------------\n"
-    block = text.split(header, 1)[1].split("```", 1)[0]
-    return block.rstrip("\n").splitlines()
+    shown = []
+    for page in pages.PAGES:
+        for block in page.read_text().split(header)[1:]:
+            shown.append(block.split("```", 1)[0].rstrip("\n").splitlines())
+    return shown
 
 
-def test_the_readme_summary_is_what_the_plugin_prints() -> None:
-    assert _readme_summary() == summary_lines(README_IMAGES)
+def test_the_summary_the_readme_and_docs_show_is_what_the_plugin_prints() -> None:
+    shown = _shown_summaries()
+    assert len(shown) >= 2
+    for lines in shown:
+        assert lines == summary_lines(README_IMAGES)

@@ -16,6 +16,7 @@ from pytest_containers.errors import ImageReferenceError
 __all__ = [
     "DOCKER_HUB",
     "Reference",
+    "default_name",
     "normalize_platform",
     "parse_mirror",
     "parse_reference",
@@ -84,18 +85,6 @@ class Reference:
     def name(self) -> str:
         """Registry and repository without tag or digest: ``docker.io/library/redis``."""
         return f"{self.registry}/{self.repository}"
-
-    @property
-    def familiar(self) -> str:
-        """The short form people write: ``redis:7``, ``user/app:1``, ``localhost:5000/a:1``."""
-        if not self.is_docker_hub:
-            return str(self)
-        repository = self.repository
-        remainder = repository.removeprefix(_OFFICIAL_PREFIX)
-        # ``library/a/b`` is not an official image; Docker keeps its prefix too.
-        if remainder != repository and "/" not in remainder:
-            repository = remainder
-        return repository + self._suffix
 
     @property
     def is_docker_hub(self) -> bool:
@@ -209,6 +198,12 @@ def parse_reference(text: str) -> Reference:
     if tag is None and not at:
         tag = _DEFAULT_TAG
     return Reference(registry=registry, repository=path, tag=tag, digest=digest if at else None)
+
+
+def default_name(image: str) -> str:
+    """The name a container of ``image`` goes by when none is given (the marker's and
+    ``service()``'s): ``redis:7`` -> ``redis``; ``ghcr.io/org/app@sha256:…`` -> ``app``."""
+    return parse_reference(image).repository.rsplit("/", 1)[-1]
 
 
 def _split_registry(name: str) -> tuple[str, str]:

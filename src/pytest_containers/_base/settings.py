@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from pytest_containers._base.reference import parse_mirror
+from pytest_containers.errors import SettingError
 
 
 class Choice(str, Enum):
@@ -66,10 +67,6 @@ def _values(choice: type[Choice]) -> tuple[str, ...]:
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
-
-
-class SettingError(ValueError):
-    """A setting's value is invalid; the message names the setting and the valid values."""
 
 
 @dataclass(frozen=True)
@@ -266,7 +263,9 @@ def _seconds(option: Option, text: str, where: str) -> float:
     except ValueError:
         value = -1.0
     if not value > 0:
-        raise SettingError(f"{where}: expected a positive number of seconds, got {text!r}")
+        raise SettingError(
+            f"{where}: expected a positive number of seconds, got {text!r}", setting=option.name
+        )
     return value
 
 
@@ -276,7 +275,9 @@ def _count(option: Option, text: str, where: str) -> int:
     except ValueError:
         value = -1
     if value < 0:
-        raise SettingError(f"{where}: expected a whole number (0 or more), got {text!r}")
+        raise SettingError(
+            f"{where}: expected a whole number (0 or more), got {text!r}", setting=option.name
+        )
     return value
 
 
@@ -285,7 +286,9 @@ def _choice(kind: type[_C]) -> Callable[[Option, str, str], _C]:
         value = text.strip().lower()
         if value not in option.choices:
             valid = ", ".join(repr(choice) for choice in option.choices)
-            raise SettingError(f"{where}: invalid value {text!r}; choose one of {valid}")
+            raise SettingError(
+                f"{where}: invalid value {text!r}; choose one of {valid}", setting=option.name
+            )
         return kind(value)
 
     return parse
@@ -297,14 +300,14 @@ def _flag(option: Option, text: str, where: str) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise SettingError(f"{where}: expected true or false, got {text!r}")
+    raise SettingError(f"{where}: expected true or false, got {text!r}", setting=option.name)
 
 
 def _duration(option: Option, text: str, where: str) -> float:
     try:
         return parse_duration(text)
     except ValueError as error:
-        raise SettingError(f"{where}: {error}") from None
+        raise SettingError(f"{where}: {error}", setting=option.name) from None
 
 
 def _mirror(option: Option, text: str, where: str) -> str | None:
@@ -313,7 +316,7 @@ def _mirror(option: Option, text: str, where: str) -> str | None:
     try:
         parse_mirror(text.strip())
     except ValueError as error:
-        raise SettingError(f"{where}: {error}") from None
+        raise SettingError(f"{where}: {error}", setting=option.name) from None
     return text.strip().rstrip("/")
 
 

@@ -28,8 +28,9 @@ from pytest_containers._cleanup.watchdog import list_labelled, process_labels, r
 from pytest_containers._engine.connection import client_endpoint, endpoint_environ
 
 
-class ProcessGuard:
-    """The guard of one pytest process: started with its first engine connection."""
+class LeftoverGuard:
+    """Keeps one pytest process from leaving containers behind (see the module): started
+    with its first engine connection."""
 
     def __init__(self, *, cache_dir: Path, run_id: str, worker: str, whole_run: bool) -> None:
         self.cache_dir = cache_dir

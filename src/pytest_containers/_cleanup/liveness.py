@@ -4,10 +4,6 @@ when the process ends, however it ends, so a run is alive exactly as long as som
 still holds it (:func:`run_is_alive`). Also the pruning of dead runs' files.
 
 pytest-free and docker-free.
-
-Branch coverage is under 90% (87%): the rest are a cache directory's ``runs`` entry that
-is not a safe directory, lock files that vanish or cannot be opened between listing and
-probing, and locks held by another process while pruning: races the suite does not stage.
 """
 
 from __future__ import annotations

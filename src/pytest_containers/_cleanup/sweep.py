@@ -19,10 +19,6 @@ Three mechanisms, from the cheapest to the last resort:
   (:func:`mark_kept`); and the per-run files of dead runs in the cache directory.
 
 pytest-free, and docker-py is only ever handed in: importing this module imports neither.
-
-Branch coverage is just under 90% (89.9%): the rest are engine errors while judging or
-removing a dead run's resources (a container removed meanwhile, the engine going away
-mid-sweep) and the records of versions before 0.2, which the suite does not stage.
 """
 
 from __future__ import annotations
@@ -49,7 +45,6 @@ from pytest_containers._cleanup.liveness import (
     prune_run_scoped,
     run_is_alive,
     run_lock_path,
-    runs_dir_is_safe,
 )
 from pytest_containers._cleanup.watchdog import (
     BOOT_LABEL,
@@ -105,7 +100,6 @@ __all__ = [
     "sweep_dead_runs",
 ]
 
-_KEPT_DIR = "kept"  # where versions before 0.2 recorded kept runs; read, never written
 
 # -- who made a resource -----------------------------------------------------------
 
@@ -350,7 +344,6 @@ def sweep_dead_runs(
     prunes the per-run files of dead runs in ``cache_dir``.
     """
     me = own_identity(client) if me is None else me
-    legacy_kept = _legacy_kept(cache_dir) if spare_kept else set()
     by_run: dict[str, list[Resource]] = {}
     for resource in list_labelled(client, [RUN_LABEL]):
         by_run.setdefault(resource.labels.get(RUN_LABEL, ""), []).append(resource)
@@ -361,7 +354,7 @@ def sweep_dead_runs(
     for run_id, resources in sorted(by_run.items()):
         if not run_id or run_id == own_run_id:
             continue
-        if spare_kept and (run_id in legacy_kept or any(is_kept(r) for r in resources)):
+        if spare_kept and any(is_kept(r) for r in resources):
             result.kept.append(run_id)
             continue
         reason = judge_run(client, cache_dir, run_id, resources, me)
@@ -437,16 +430,6 @@ def mark_kept(client: docker.DockerClient, container_id: str, name: str) -> str:
     except docker.errors.APIError:
         return name
     return new_name
-
-
-def _legacy_kept(cache_dir: Path) -> set[str]:
-    """Runs that an earlier version recorded as kept in ``<cache>/kept/``."""
-    directory = cache_dir / _KEPT_DIR
-    if not runs_dir_is_safe(cache_dir, _KEPT_DIR):
-        return set()
-    with contextlib.suppress(OSError):
-        return {entry.name for entry in os.scandir(directory)}
-    return set()
 
 
 # -- the watchdog ------------------------------------------------------------------

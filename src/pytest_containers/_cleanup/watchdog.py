@@ -16,10 +16,6 @@ process does not import the package (whose ``__init__`` imports pytest): at modu
 this file imports only ``os``, ``signal`` and ``sys``, and docker-py is imported only after
 end of file. The removal helpers live here for the same reason, and ``_cleanup`` reuses
 them for its sweep.
-
-Branch coverage is under 90% (62%): :func:`main` runs in the watchdog process, which
-``start_watchdog`` starts without the coverage plugin's environment (it is to stay light)
-and in ``/``, so it is not measured; the tests check what it removes from the engine.
 """
 
 from __future__ import annotations

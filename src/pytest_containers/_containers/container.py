@@ -5,12 +5,6 @@ and out by :mod:`pytest_containers._containers.copy`.
 
 Containers are always created from an image id already present in the engine; nothing
 here pulls.
-
-Branch coverage is under 90% (83%): the paths for tests that run in a container of the
-engine (``Access.mode == "network"``: ``host``, ``port``, ``_join``) run only inside
-one (``scripts/in-container``, ``scripts/topologies``), where coverage is not collected;
-and the engine failing between two calls (a container removed while it is started,
-inspected or copied from) is not provoked.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 * **The engine went away** (stopped, restarted, its socket gone): :func:`engine_gone`
   recognises the connection errors docker-py and requests raise, and an
-  :class:`EngineGuard` waits a bounded grace period for the engine to answer again
+  :class:`EngineRecovery` waits a bounded grace period for the engine to answer again
   before an action is retried once, so that a quick restart costs no test; after that,
   one short :class:`~pytest_containers.errors.EngineUnavailableError`, and later actions
   fail at once instead of each waiting again. :func:`retry_unsent` does the same for
@@ -14,11 +14,6 @@
   engine's own ``oom`` event, which can come after the exit was recorded.
 
 pytest-free; docker-py and requests are imported only when a fault is examined.
-
-Branch coverage is under 90% (89%): a few rare answers of a dying engine (a paused
-container, a kill by another signal, an engine back while a grace period runs) are
-classified but not provoked; ``tests/containers/test_engine_faults.py`` stops a second dockerd
-for the common ones.
 """
 
 from __future__ import annotations
@@ -38,7 +33,7 @@ if TYPE_CHECKING:
     from pytest_containers._containers.container import Container
 
 __all__ = [
-    "EngineGuard",
+    "EngineRecovery",
     "container_fault",
     "engine_gone",
     "never_sent",
@@ -117,12 +112,12 @@ def never_sent(error: BaseException) -> bool:
 
 
 class _Pinging(threading.local):
-    """Whether this thread is asking the engine whether it answers (see EngineGuard)."""
+    """Whether this thread is asking the engine whether it answers (see EngineRecovery)."""
 
     active = False
 
 
-class EngineGuard:
+class EngineRecovery:
     """Runs engine actions so that an engine that went away is waited for, within
     ``grace`` seconds, and then reported in one line.
 
@@ -221,7 +216,7 @@ class EngineGuard:
         )
 
 
-def retry_unsent(client: docker.DockerClient, guard: EngineGuard) -> None:
+def retry_unsent(client: docker.DockerClient, guard: EngineRecovery) -> None:
     """Have every request of ``client`` that never reached the engine (see
     :func:`never_sent`) wait for the engine as ``guard`` does and go again, within the
     guard's grace: the tests' own calls through their Container handles as well as the
@@ -336,7 +331,7 @@ def oom_killed(client: docker.DockerClient, attrs: dict[str, Any]) -> bool:
 
 def test_fault(
     client: docker.DockerClient,
-    engine: EngineGuard,
+    engine: EngineRecovery,
     error: BaseException,
     used: Iterable[Container],
 ) -> ContainerError | None:

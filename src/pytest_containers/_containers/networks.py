@@ -7,10 +7,6 @@ by the container), or one of Docker's own modes (``bridge``, ``host``, ``none``,
 ``container:<id>``), passed through as ``docker run --network`` takes it.
 
 pytest-free; the manager decides when a network is created and removed.
-
-Branch coverage is under 90% (79%): the engine refusing a network (a name taken, a
-subnet exhausted, a network removed by someone else meanwhile) is not provoked, and the
-handle's ``repr`` is for debugging.
 """
 
 from __future__ import annotations

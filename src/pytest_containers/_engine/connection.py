@@ -16,10 +16,6 @@ tests reach the containers it runs.
 Streams from the engine (followed logs, a pull's or a build's progress that must be cut
 off) are in :mod:`pytest_containers._engine.streams`. pytest-free, and docker-py is
 imported only where a client is made.
-
-Branch coverage is under 90% (83%): TLS, ssh, podman, remote engines and tests in a
-container are exercised by ``scripts/topologies`` (the examples on every engine
-topology), which runs without coverage; the suite's engine is the local socket.
 """
 
 from __future__ import annotations

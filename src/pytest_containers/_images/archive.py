@@ -26,10 +26,6 @@ pulling it. The directory holds one ``docker save`` tarball per image and an
 Tarballs and the index are written to a temporary name and renamed: a job killed midway
 leaves the previous state, never half a tarball under a real name. Concurrent writers of
 the index (several runs sharing the directory) take a lock file in the directory.
-
-Branch coverage is under 90% (87%): the rest are archives damaged in ways the suite
-does not make (a tarball whose manifest or config entries are missing, of the wrong
-type or unreadable) and failing disks (an OSError mid-save).
 """
 
 from __future__ import annotations

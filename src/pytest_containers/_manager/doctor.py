@@ -2,10 +2,6 @@
 containers, the cache dir; then one small container reached the way a test reaches it.
 
 pytest-free: the plugin hands it the settings and a function that prints a line.
-
-Branch coverage is under 90% (86%): its failure lines (an engine that does not answer,
-a reserve socket, tests in a container, a probe that cannot connect) are for machines
-unlike the suite's; ``scripts/topologies`` runs them without coverage.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from pytest_containers._base.locks import (
     ensure_private_dir,
 )
 from pytest_containers._base.settings import Settings
-from pytest_containers._cleanup.guard import ProcessGuard
+from pytest_containers._cleanup.guard import LeftoverGuard
 from pytest_containers._cleanup.sweep import (
     PID_LABEL,
     RUN_LABEL,
@@ -40,7 +40,7 @@ from pytest_containers._containers.container import (
     start_container,
 )
 from pytest_containers._containers.faults import (
-    EngineGuard,
+    EngineRecovery,
     container_fault,
     engine_gone,
     retry_unsent,
@@ -141,12 +141,12 @@ class ContainerManager:
         self.kept: dict[str, Container] = {}
         self._failed: set[str] = set()
         #: The run's hold, the watchdog and the start-up sweep (see :mod:`._guard`).
-        self.guard = ProcessGuard(
+        self.guard = LeftoverGuard(
             cache_dir=self.cache_dir, run_id=run_id, worker=worker, whole_run=whole_run
         )
         #: What this process's end could not remove (see :meth:`close`).
         self.cleanup_errors: list[str] = []
-        self._engine: EngineGuard | None = None
+        self._engine: EngineRecovery | None = None
         #: Shared containers replaced after they died (scope key and spec).
         self._replaced: set[str] = set()
         #: Shared containers that died again after their replacement, with the error.
@@ -318,13 +318,13 @@ class ContainerManager:
         )
 
     @property
-    def engine(self) -> EngineGuard:
+    def engine(self) -> EngineRecovery:
         """Waits for an engine that went away (see
-        :class:`~pytest_containers._containers.faults.EngineGuard`)."""
+        :class:`~pytest_containers._containers.faults.EngineRecovery`)."""
         with self._lock:
             if self._engine is None:
                 client = self.client
-                self._engine = EngineGuard(
+                self._engine = EngineRecovery(
                     client.ping,
                     grace=self.settings.engine_grace,
                     location=client_endpoint(client).url,

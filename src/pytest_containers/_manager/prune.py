@@ -1,10 +1,6 @@
 """``--container-prune``: remove what dead runs left on the engine, and stale builds of
 this project, then report. Core: no pytest here; the plugin passes the settings, the
 project's root and where lines go.
-
-Branch coverage is under 90% (89%): ``--container-prune`` runs in inner pytest
-subprocesses, which coverage does not measure, and its exit when no engine answers or
-the cache directory is refused is not staged.
 """
 
 from __future__ import annotations

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_containers._base.reference import default_name
 from pytest_containers.errors import (
     ContainerError,
     ContainerStartupError,
+    ImageReferenceError,
     ServiceError,
     ServiceStartError,
 )
@@ -86,9 +88,9 @@ class Service:
 
 
 def service(
-    name: str,
     image: str | None = None,
     *,
+    name: str | None = None,
     build: str | os.PathLike[str] | None = None,
     per: str = "worker",
     expose: Mapping[str, str] | None = None,
@@ -102,12 +104,16 @@ def service(
         def pytest_containers_services(config):
             return [
                 pytest_containers.service(
-                    "redis", "redis:7", ports=[6379],
+                    "redis:7", name="cache", ports=[6379],
                     expose={"REDIS_URL": "redis://{host}:{port}"},
                     options={"redis_url": "redis://{host}:{port[6379]}"},
                 )
             ]
 
+    The arguments are the ``container`` marker's, in its order: the image first, then
+    keywords. ``name`` is the service's name (in the header, the container's name and the
+    ``container_services`` fixture); by default, as for the marker, the image's last path
+    component (``redis`` for ``redis:7``) or the build context's folder name.
     ``per="worker"`` (default) starts one per xdist worker (one in a plain run);
     ``per="run"`` one for the whole run, shared by every worker. ``expose`` sets
     environment variables and ``options`` pytest option values (by ``dest``, only those not
@@ -118,20 +124,55 @@ def service(
     ``dockerfile=``, ``target=``, ``buildargs=`` builds the image instead. ``reset=`` (a
     command or a callable taking the container; ``per="worker"`` only) runs before each
     test of the process but its first.
+
+    Raises :class:`~pytest_containers.errors.ServiceError` for a declaration that cannot
+    be used.
     """
+    shown = image if isinstance(image, str) else None
+    if name is None:
+        name = _default_name(image, build)
+    try:
+        return _service(image, name, build, per, expose, options, keywords)
+    except ServiceError as error:
+        error.service = name if isinstance(name, str) and name else None
+        error.image = error.image or shown
+        raise
+
+
+def _default_name(image: object, build: object) -> str | None:
+    """The marker's default: ``redis:7`` -> ``redis``; ``build="tests/app"`` -> ``app``."""
+    if isinstance(image, str) and image.strip():
+        try:
+            return default_name(image.strip())
+        except ImageReferenceError:
+            return None  # the reference's own error comes when the spec is checked
+    if isinstance(build, (str, os.PathLike)) and os.fspath(build).strip():
+        return Path(os.fspath(build)).name or None
+    return None
+
+
+def _service(
+    image: str | None,
+    name: str | None,
+    build: str | os.PathLike[str] | None,
+    per: str,
+    expose: Mapping[str, str] | None,
+    options: Mapping[str, str] | None,
+    keywords: dict[str, Any],
+) -> Service:
     where = f"service {name!r}" if isinstance(name, str) and name else "service()"
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ServiceError(
-            f"{where}: the name must be a non-empty string of letters, digits, '_', '.' "
-            f"or '-', got {name!r}"
-        )
     if (image is None) == (build is None):
         raise ServiceError(
-            f"{where}: pass an image (service({name!r}, 'redis:7', ...)) or "
+            f"{where}: pass an image (service('redis:7', name='cache', ...)) or "
             "build='path/to/context', one of them"
         )
     if image is not None and (not isinstance(image, str) or not image.strip()):
         raise ServiceError(f"{where}: the image must be a non-empty string, got {image!r}")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ServiceError(
+            f"{where}: name= must be a non-empty string of letters, digits, '_', '.' "
+            f"or '-', got {name!r}"
+        )
     if per not in PER:
         raise ServiceError(f"{where}: invalid per={per!r}; choose 'worker' or 'run'")
     build_keywords = {key: keywords.pop(key) for key in _BUILD_KEYWORDS if key in keywords}
@@ -141,8 +182,6 @@ def service(
         )
     if "scope" in keywords:
         raise ServiceError(f"{where}: services take per='worker' or per='run', not scope=")
-    if "name" in keywords:  # cannot happen through the signature; kept for ini parity
-        raise ServiceError(f"{where}: the name is the first argument")
     reset = _reset(where, per, keywords.pop("reset", None))
     declared = Service(
         name=name,
@@ -310,14 +349,14 @@ def parse_ini_line(line: str) -> Service:
             keywords[key] = pairs[key]
     try:
         return service(
-            name,
             image,
+            name=name,
             expose=pairs.get("expose"),
             options=pairs.get("options"),
             **keywords,
         )
     except ServiceError as error:
-        raise ServiceError(f"{where}: {error}") from None
+        raise ServiceError(f"{where}: {error}", service=error.service, image=error.image) from None
 
 
 def parse_wait(text: str, where: str) -> Any:

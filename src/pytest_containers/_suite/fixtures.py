@@ -13,6 +13,8 @@ import dataclasses
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import pytest
@@ -131,17 +133,42 @@ def record_fixture_values(item: pytest.Item) -> None:
                 record_image(item, entry)
 
 
-def _network_fixture_name(made: Any) -> str | None:
-    """The name a fixture made by network_fixture is registered under: the module-level
-    name it was assigned to in the module that made it."""
-    from pytest_containers._containers.networks import NETWORK_FIXTURE
+def _holders(config: pytest.Config, node: Any) -> list[Any]:
+    """Where pytest finds the fixtures ``node`` may use, as public API shows them: its
+    class and module, the conftest.py files above it (the nearest first), then the other
+    plugin modules (``pytest_plugins``)."""
+    found = [getattr(node, "cls", None), getattr(node, "module", None)]
+    path = getattr(node, "path", None)
+    conftests: list[tuple[int, Any]] = []
+    others = []
+    for plugin in config.pluginmanager.get_plugins():
+        where = getattr(plugin, "__file__", None)
+        if not isinstance(plugin, ModuleType) or where is None:
+            continue
+        if os.path.basename(where) == "conftest.py":
+            folder = Path(where).parent
+            if path is None or folder == path or folder in Path(path).parents:
+                conftests.append((len(folder.parts), plugin))
+        else:
+            others.append(plugin)
+    found += [plugin for _, plugin in sorted(conftests, key=lambda pair: -pair[0])]
+    return [holder for holder in [*found, *others] if holder is not None]
 
-    module = sys.modules.get(str(getattr(made, NETWORK_FIXTURE, "")))
-    if module is None:
-        return None
-    for name, value in vars(module).items():
-        if value is made:
-            return name
+
+def _network_fixture_name(request: pytest.FixtureRequest, made: Any) -> str | None:
+    """The name a fixture made by network_fixture is registered under: the name it is
+    assigned to where the test's fixtures come from (its module, a conftest.py, ...)."""
+    nodes = [request.node, *request.session.items]
+    seen: set[int] = set()
+    for node in nodes:
+        for holder in _holders(request.config, node):
+            if id(holder) in seen:
+                continue
+            seen.add(id(holder))
+            names: dict[str, object] = vars(holder)
+            for name, value in names.items():
+                if value is made:
+                    return name
     return None
 
 
@@ -154,7 +181,7 @@ def _resolve_network(request: pytest.FixtureRequest, keywords: dict[str, Any]) -
     made = keywords.get("network")
     if made is None or isinstance(made, (str, Network)) or not hasattr(made, NETWORK_FIXTURE):
         return
-    name = _network_fixture_name(made)
+    name = _network_fixture_name(request, made)
     if name is None:
         raise NetworkError(
             "network= names a network_fixture that is not assigned to a module-level name; "
@@ -442,7 +469,8 @@ def container_fixture(
     same declaration (see the README's "Reuse across runs").
     """
     from pytest_containers._containers.container import ContainerSpec
-    from pytest_containers._suite.markers import SCOPES, MarkerError, check_reset, check_reuse
+    from pytest_containers._suite.markers import SCOPES, check_reset, check_reuse
+    from pytest_containers.errors import MarkerError
 
     name = _image_or_build(image, build, "container_fixture")
     if scope not in SCOPES:
@@ -577,8 +605,8 @@ def network_fixture(
             _fail(request, error)
 
     fixture.__doc__ = f"A network{f' {name!r}' if name else ''} ({scope} scope)."
-    # Where it is made: a container's network= finds the fixture's name there.
-    setattr(fixture, NETWORK_FIXTURE, sys._getframe(1).f_globals.get("__name__", ""))
+    # A container's network= knows it by this, and finds the name it is assigned to.
+    setattr(fixture, NETWORK_FIXTURE, True)
     made: Callable[..., Iterator[Network]] = pytest.fixture(scope=scope)(fixture)  # type: ignore[call-overload]
     return made
 
@@ -659,16 +687,15 @@ def _declare(
 
 
 def fixture_images(item: pytest.Item) -> list[tuple[str, str | None]]:
-    """The images that the factory-made fixtures an item uses declare, for prefetch."""
-    # _fixtureinfo is not public API; without it, those images are pulled on first use.
-    info = getattr(item, "_fixtureinfo", None)
+    """The images that the factory-made fixtures an item uses declare, for prefetch: each
+    fixture name looked up where pytest finds it (the nearest definition wins)."""
+    holders = [vars(holder) for holder in _holders(item.config, item)]
     found: list[tuple[str, str | None]] = []
     for name in getattr(item, "fixturenames", ()):
-        for definition in getattr(info, "name2fixturedefs", {}).get(name, ()):
-            function = getattr(definition, "func", None)
-            declared = getattr(function, DECLARED_IMAGE, None) or getattr(
-                getattr(function, "__wrapped__", None), DECLARED_IMAGE, None
-            )
-            if declared is not None:
-                found.append(declared)
+        value = next((names[name] for names in holders if name in names), None)
+        declared = getattr(value, DECLARED_IMAGE, None) or getattr(
+            getattr(value, "__wrapped__", None), DECLARED_IMAGE, None
+        )
+        if declared is not None:
+            found.append(declared)
     return found

@@ -1,9 +1,5 @@
 """``--container-lookahead``, for plugin.py's hooks: which tests this process runs next,
 and starting their function-scoped containers while the current test runs.
-
-Branch coverage is under 90% (77%): looking more than one test ahead
-(``--container-lookahead=2`` and up) is exercised by inner pytest runs in subprocesses,
-which coverage does not measure.
 """
 
 from __future__ import annotations

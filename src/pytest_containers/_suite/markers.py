@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_containers._base.reference import parse_reference
-from pytest_containers.errors import ImageBuildError, ImageReferenceError
+from pytest_containers._base.reference import default_name, parse_reference
+from pytest_containers.errors import ImageBuildError, ImageReferenceError, MarkerError
 
 if TYPE_CHECKING:
     from pytest_containers._images.build import BuildSpec
@@ -29,10 +29,6 @@ PLUGIN_KEYWORDS = (
 #: ``start=``: after the one before it is ready (default), or with its neighbours.
 STARTS = ("sequential", "parallel")
 BUILD_KEYWORDS = ("dockerfile", "target", "buildargs")
-
-
-class MarkerError(Exception):
-    """A container marker that cannot be used; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -72,12 +68,6 @@ class Declaration:
         if callspec is not None and self.param in callspec.params:
             return str(callspec.params[self.param])
         return self.images[0]
-
-
-def default_name(image: str) -> str:
-    """``redis:7`` -> ``redis``; ``ghcr.io/org/app@sha256:…`` -> ``app``."""
-    reference = parse_reference(image)
-    return reference.repository.rsplit("/", 1)[-1]
 
 
 def build_spec(build: Any, kwargs: dict[str, Any], *, base_dir: Path, where: str) -> BuildSpec:
@@ -221,9 +211,13 @@ def declarations(node: pytest.Item | Any) -> list[Declaration]:
         return []
     where = getattr(node, "nodeid", "") or getattr(node, "name", "?")
     rootdir = node.config.rootpath
-    found = [
-        _declaration(index, mark, where, rootdir) for index, (_, mark) in enumerate(with_nodes)
-    ]
+    try:
+        found = [
+            _declaration(index, mark, where, rootdir) for index, (_, mark) in enumerate(with_nodes)
+        ]
+    except MarkerError as error:
+        error.test = error.test or where  # the message names it already: see __str__
+        raise
     # pytest lists the test's own marks first, bottom decorator first, then its class's
     # and module's: start the outer ones first, and decorators in the order written.
     owners: list[Any] = []
@@ -243,6 +237,7 @@ def declarations(node: pytest.Item | Any) -> list[Declaration]:
     if duplicates:
         raise MarkerError(
             f"{where}: several container markers are named {', '.join(map(repr, duplicates))}; "
-            "give each its own name=..., e.g. @pytest.mark.container('redis:7', name='cache')"
+            "give each its own name=..., e.g. @pytest.mark.container('redis:7', name='cache')",
+            test=where,
         )
     return found

@@ -10,6 +10,7 @@ the suite's session hooks too) and in each worker. It does not run for ``--help`
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shlex
@@ -24,7 +25,7 @@ from pytest_containers._manager.services import (
     parse_ini,
     start_services,
 )
-from pytest_containers._suite.state import plugin_state
+from pytest_containers._suite.state import parser_key, plugin_state
 from pytest_containers.errors import ContainerError, EngineUnavailableError, ServiceError
 
 if TYPE_CHECKING:
@@ -76,37 +77,36 @@ def _call_services_hook(config: pytest.Config) -> list[Any]:
             frame = frame.tb_next
         hint = ""
         if isinstance(error, TypeError) and "service()" in str(error):
-            hint = "; it is service(name, image, *, build=None, per='worker', ...): the name first"
+            hint = (
+                "; it is service(image, *, name=None, build=None, per='worker', ...), in the "
+                "marker's order: the image first, the rest by keyword"
+            )
         raise pytest.UsageError(f"{where} raised {type(error).__name__}: {error}{hint}") from None
 
 
-def _flags_of(config: pytest.Config, dest: str) -> list[str]:
-    """The command-line spellings of the option stored in ``dest``."""
-    # pytest has no public lookup of an option by dest; its parser keeps them in groups.
-    parser = getattr(config, "_parser", None)
-    flags: list[str] = []
-    groups = [getattr(parser, "_anonymous", None), *getattr(parser, "_groups", [])]
-    for group in groups:
-        for option in getattr(group, "options", []):
-            if getattr(option, "dest", None) == dest:
-                flags.extend(option.names())
-    return flags or ["--" + dest.replace("_", "-")]
+class _Unset(list[Any]):
+    """What an option's ``dest`` holds before parsing, so that a value the command line
+    gives (even the option's default) can be told from no value at all."""
 
 
 def given_on_command_line(config: pytest.Config, dest: str) -> bool:
     """Whether the option stored in ``dest`` was given: in the arguments, in
-    ``PYTEST_ADDOPTS`` or in the ini file's ``addopts``."""
+    ``PYTEST_ADDOPTS`` or in the ini file's ``addopts``, under any of its flags."""
     args = [*config.invocation_params.args]
     args += shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))
     addopts = config.getini("addopts")
     args += addopts if isinstance(addopts, list) else shlex.split(str(addopts))
-    for flag in _flags_of(config, dest):
-        for arg in args:
-            if arg == flag or (flag.startswith("--") and arg.startswith(flag + "=")):
-                return True
-            if not flag.startswith("--") and arg.startswith(flag) and len(flag) == 2:
-                return True
-    return False
+    parser = config.stash.get(parser_key, None)
+    if parser is None:  # the plugin was registered too late to be handed the parser
+        flag = "--" + dest.replace("_", "-")
+        return any(arg == flag or arg.startswith(flag + "=") for arg in args)
+    unset = _Unset()
+    try:
+        parsed = parser.parse_known_args(args, namespace=argparse.Namespace(**{dest: unset}))
+        return getattr(parsed, dest, unset) is not unset
+    except Exception:  # an action that cannot start from _Unset (count): compare instead
+        given = getattr(parser.parse_known_args(args), dest, None)
+        return bool(given != getattr(parser.parse_known_args([]), dest, None))
 
 
 class ServiceHooks:

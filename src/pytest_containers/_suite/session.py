@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_containers._base.settings import OPTIONS, SettingError, Settings, resolve_settings
+from pytest_containers._base.settings import OPTIONS, Settings, resolve_settings
 from pytest_containers._suite.state import PluginState, plugin_state, state_key
-from pytest_containers.errors import ContainerError
+from pytest_containers.errors import ContainerError, SettingError
 
 if TYPE_CHECKING:
     from pytest_containers._base.image import Image

@@ -101,6 +101,10 @@ class PluginState:
 
 
 state_key = pytest.StashKey[PluginState]()
+#: The parser pytest hands the plugin (``pytest_load_initial_conftests``): pytest has no
+#: public lookup of an option by ``dest``, but its parser parses a command line again
+#: (``given_on_command_line`` in service_hooks.py).
+parser_key = pytest.StashKey[pytest.Parser]()
 
 
 def plugin_state(config: pytest.Config) -> PluginState:
