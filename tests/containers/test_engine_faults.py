@@ -547,6 +547,42 @@ def test_a_container_killed_or_removed_from_outside_fails_its_test_saying_which(
     assert run_suite.leftovers(docker_client) == []
 
 
+OWN_ERRORS_SUITE = f"""
+import socket
+import pytest
+
+@pytest.mark.container("{BUSYBOX}", command=["sleep", "300"])
+def test_opens_a_missing_file(container):
+    open("/no/such/file/of/the/test")
+
+@pytest.mark.container("{BUSYBOX}", command=["sleep", "300"])
+def test_dials_a_closed_port(container):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    socket.create_connection(("127.0.0.1", port), timeout=5)
+"""
+
+
+def test_a_tests_own_missing_file_or_refused_connection_is_not_called_an_engine_fault(
+    run_suite: InnerRuns, pytester: pytest.Pytester, docker_client: docker.DockerClient
+) -> None:
+    """A FileNotFoundError or a ConnectionRefusedError is how the engine's socket fails,
+    but a test's own one, with the engine answering, is the test's failure as it is."""
+    pytester.makepyfile(OWN_ERRORS_SUITE)
+    result = run_suite("-rf")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines_random(
+        [
+            "E *FileNotFoundError: *no/such/file/of/the/test*",
+            "E *ConnectionRefusedError: *",
+        ]
+    )
+    assert "EngineUnavailableError" not in result.stdout.str()
+    assert run_suite.leftovers(docker_client) == []
+
+
 def test_an_oom_kill_the_engine_recorded_after_the_exit_is_still_an_oom_kill(
     docker_client: docker.DockerClient, busybox: Image
 ) -> None:

@@ -171,14 +171,14 @@ class EngineRecovery:
         per outage: after that, one ping)."""
         with self._lock:
             if self.gone:
-                if self._answers():
+                if self.answers():
                     self.gone = False
                     self.recovered += 1
                     return True
                 return False
             deadline = time.monotonic() + self.grace
             while True:
-                if self._answers():
+                if self.answers():
                     self.recovered += 1
                     return True
                 if time.monotonic() >= deadline:
@@ -186,7 +186,8 @@ class EngineRecovery:
                     return False
                 time.sleep(_POLL)
 
-    def _answers(self) -> bool:
+    def answers(self) -> bool:
+        """Whether the engine answers a ping now (one try, never retried)."""
         self._pinging.active = True
         try:
             self._ping()
@@ -329,6 +330,23 @@ def oom_killed(client: docker.DockerClient, attrs: dict[str, Any]) -> bool:
         events.close()
 
 
+def _from_engine(client: docker.DockerClient, error: BaseException) -> bool:
+    """Whether ``error`` came from a request to ``client``'s engine. A test's own
+    ``open()`` of a missing file, or its own connection to a server in a container that
+    was refused, is the test's failure, not a sign that the engine went away."""
+    import docker.errors
+    import requests.exceptions
+
+    base = str(client.api.base_url)
+    for cause in _causes(error):
+        if isinstance(cause, docker.errors.DockerException):
+            return True
+        if isinstance(cause, requests.exceptions.RequestException):
+            url = str(getattr(cause.request, "url", None) or "")
+            return url.startswith(base)
+    return False
+
+
 def test_fault(
     client: docker.DockerClient,
     engine: EngineRecovery,
@@ -340,7 +358,9 @@ def test_fault(
     removed from outside. None when it says neither (the test's own failure)."""
     import docker.errors
 
-    if engine_gone(error):
+    # A connection error that is not the engine's own (the test's socket, its file) says
+    # nothing about the engine, unless the engine does not answer either.
+    if engine_gone(error) and (_from_engine(client, error) or not engine.answers()):
         if engine.gone and never_sent(error):
             # Its call waited the whole grace period already (see retry_unsent).
             return engine.unavailable("the test ran", error)
