@@ -123,81 +123,107 @@ def parse_reference(text: str) -> Reference:
     letters (Docker's rule). Raises :class:`~pytest_containers.errors.ImageReferenceError`
     for anything Docker would reject.
     """
-
-    def fail(problem: str, suggestion: str | None = None) -> ImageReferenceError:
-        if suggestion and not _parses(suggestion, text):
-            suggestion = None  # a fix that is still invalid would only send people round
-        if suggestion:
-            hint = f"write e.g. {suggestion!r} or {_PINNED_EXAMPLE!r}"
-        else:
-            hint = f"write e.g. {_EXAMPLES}"
-        return ImageReferenceError(
-            f"invalid image reference {text!r}: {problem}; {hint}", image=str(text)
-        )
-
     if not isinstance(text, str):
         raise ImageReferenceError(
             f"invalid image reference {text!r}: expected a string, got {type(text).__name__}; "
             f"write e.g. {_EXAMPLES}",
             image=repr(text),
         )
-    if not text:
-        raise fail("the reference is empty")
-    if any(ch.isspace() for ch in text):
-        raise fail("it contains whitespace", "".join(text.split()) or None)
-    if _IMAGE_ID.fullmatch(text):
-        raise fail("a 64-character hex string is an image ID, not a repository name")
+    try:
+        return _parse(text)
+    except _Invalid as invalid:
+        raise _reference_error(text, invalid.problem, invalid.suggestion) from None
 
+
+class _Invalid(Exception):
+    """Why Docker would reject a reference, and maybe a fix: raised by the checks below,
+    turned into one :class:`ImageReferenceError` naming the whole reference."""
+
+    def __init__(self, problem: str, suggestion: str | None = None) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.suggestion = suggestion
+
+
+def _reference_error(text: str, problem: str, suggestion: str | None) -> ImageReferenceError:
+    if suggestion and not _parses(suggestion, text):
+        suggestion = None  # a fix that is still invalid would only send people round
+    if suggestion:
+        hint = f"write e.g. {suggestion!r} or {_PINNED_EXAMPLE!r}"
+    else:
+        hint = f"write e.g. {_EXAMPLES}"
+    return ImageReferenceError(
+        f"invalid image reference {text!r}: {problem}; {hint}", image=str(text)
+    )
+
+
+def _parse(text: str) -> Reference:
+    """:func:`parse_reference` of a string; raises :class:`_Invalid`."""
+    if not text:
+        raise _Invalid("the reference is empty")
+    if any(ch.isspace() for ch in text):
+        raise _Invalid("it contains whitespace", "".join(text.split()) or None)
+    if _IMAGE_ID.fullmatch(text):
+        raise _Invalid("a 64-character hex string is an image ID, not a repository name")
     rest, at, digest = text.partition("@")
     if at:
         problem = _digest_problem(digest)
         if problem is not None:
-            raise fail(problem)
-    # The tag separator is the last ':' after the last '/'; earlier ones belong to a port.
-    tag: str | None = None
-    slash = rest.rfind("/")
-    colon = rest.rfind(":")
-    if colon > slash:
-        rest, tag = rest[:colon], rest[colon + 1 :]
-        if not tag:
-            raise fail("the tag after ':' is empty", rest or None)
-        if not _TAG.fullmatch(tag):
-            raise fail(
-                f"tag {tag!r} is not valid: a tag is 1 to 128 letters, digits, '_', '.' or '-' "
-                "and does not start with '.' or '-'"
-            )
+            raise _Invalid(problem)
+    rest, tag = _split_tag(rest)
     if not rest:
-        raise fail("the repository name is missing")
-
+        raise _Invalid("the repository name is missing")
     registry, path = _split_registry(rest)
-    if registry != DOCKER_HUB and not _DOMAIN.fullmatch(registry):
-        raise fail(f"{registry!r} is not a valid registry host (HOST or HOST:PORT)")
-    if path.lower() != path:
-        suggestion = _lowercased(rest, tag, digest if at else None)
-        raise fail("repository names must be lowercase", suggestion)
-    for component in path.split("/"):
-        if not component:
-            raise fail(
-                f"repository path {path!r} has an empty component "
-                "(a leading, trailing or doubled '/')"
-            )
-        if not _PATH_COMPONENT.fullmatch(component):
-            raise fail(
-                f"path component {component!r} is not valid: components are lowercase letters "
-                "and digits, separated by '.', '_', '__' or dashes, and start and end with a "
-                "letter or digit"
-            )
+    _check_name(registry, path, _lowercased(rest, tag, digest if at else None))
     if registry == DOCKER_HUB and "/" not in path:
         path = _OFFICIAL_PREFIX + path
     name_length = len(registry) + 1 + len(path)
     if name_length > _NAME_TOTAL_LENGTH_MAX:
-        raise fail(
+        raise _Invalid(
             f"the full name {registry}/{path} is {name_length} characters long; Docker allows "
             f"at most {_NAME_TOTAL_LENGTH_MAX}"
         )
     if tag is None and not at:
         tag = _DEFAULT_TAG
     return Reference(registry=registry, repository=path, tag=tag, digest=digest if at else None)
+
+
+def _split_tag(name: str) -> tuple[str, str | None]:
+    """``name`` (no digest) without its tag, and the tag (None when there is none)."""
+    # The tag separator is the last ':' after the last '/'; earlier ones belong to a port.
+    colon = name.rfind(":")
+    if colon <= name.rfind("/"):
+        return name, None
+    rest, tag = name[:colon], name[colon + 1 :]
+    if not tag:
+        raise _Invalid("the tag after ':' is empty", rest or None)
+    if not _TAG.fullmatch(tag):
+        raise _Invalid(
+            f"tag {tag!r} is not valid: a tag is 1 to 128 letters, digits, '_', '.' or '-' "
+            "and does not start with '.' or '-'"
+        )
+    return rest, tag
+
+
+def _check_name(registry: str, path: str, lowercased: str) -> None:
+    """Check the registry host and the repository path; ``lowercased`` is the whole
+    reference in lowercase, the fix for uppercase letters in the path."""
+    if registry != DOCKER_HUB and not _DOMAIN.fullmatch(registry):
+        raise _Invalid(f"{registry!r} is not a valid registry host (HOST or HOST:PORT)")
+    if path.lower() != path:
+        raise _Invalid("repository names must be lowercase", lowercased)
+    for component in path.split("/"):
+        if not component:
+            raise _Invalid(
+                f"repository path {path!r} has an empty component "
+                "(a leading, trailing or doubled '/')"
+            )
+        if not _PATH_COMPONENT.fullmatch(component):
+            raise _Invalid(
+                f"path component {component!r} is not valid: components are lowercase letters "
+                "and digits, separated by '.', '_', '__' or dashes, and start and end with a "
+                "letter or digit"
+            )
 
 
 def default_name(image: str) -> str:

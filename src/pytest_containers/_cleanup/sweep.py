@@ -344,14 +344,10 @@ def sweep_dead_runs(
     prunes the per-run files of dead runs in ``cache_dir``.
     """
     me = own_identity(client) if me is None else me
-    by_run: dict[str, list[Resource]] = {}
-    for resource in list_labelled(client, [RUN_LABEL]):
-        by_run.setdefault(resource.labels.get(RUN_LABEL, ""), []).append(resource)
-
     result = SweepResult()
     doomed: list[Resource] = []
     reasons: dict[str, str] = {}
-    for run_id, resources in sorted(by_run.items()):
+    for run_id, resources in sorted(_by_run(client).items()):
         if not run_id or run_id == own_run_id:
             continue
         if spare_kept and any(is_kept(r) for r in resources):
@@ -367,24 +363,36 @@ def sweep_dead_runs(
             continue
         reasons[run_id] = reason
         doomed.extend(resources)
-
     removed, result.errors = remove_resources(client, doomed)
+    result.removed = _removed_runs(removed, reasons)
+    result.files_pruned = prune_run_locks(cache_dir) + prune_run_scoped(cache_dir)
+    return result
+
+
+def _by_run(client: docker.DockerClient) -> dict[str, list[Resource]]:
+    """Every resource with a run label, by run id, in one list call per type."""
+    by_run: dict[str, list[Resource]] = {}
+    for resource in list_labelled(client, [RUN_LABEL]):
+        by_run.setdefault(resource.labels.get(RUN_LABEL, ""), []).append(resource)
+    return by_run
+
+
+def _removed_runs(removed: Iterable[Resource], reasons: Mapping[str, str]) -> list[RemovedRun]:
+    """What was removed, grouped by run, each with why its run was judged dead."""
     names: dict[str, dict[str, list[str]]] = {}
     for resource in removed:
         kinds = names.setdefault(resource.labels[RUN_LABEL], {})
         kinds.setdefault(resource.kind, []).append(resource.name)
-    for run_id, kinds in sorted(names.items()):
-        result.removed.append(
-            RemovedRun(
-                run_id,
-                containers=tuple(sorted(kinds.get("container", []))),
-                networks=tuple(sorted(kinds.get("network", []))),
-                volumes=tuple(sorted(kinds.get("volume", []))),
-                reason=reasons[run_id],
-            )
+    return [
+        RemovedRun(
+            run_id,
+            containers=tuple(sorted(kinds.get("container", []))),
+            networks=tuple(sorted(kinds.get("network", []))),
+            volumes=tuple(sorted(kinds.get("volume", []))),
+            reason=reasons[run_id],
         )
-    result.files_pruned = prune_run_locks(cache_dir) + prune_run_scoped(cache_dir)
-    return result
+        for run_id, kinds in sorted(names.items())
+    ]
 
 
 def remove_run(
@@ -528,6 +536,34 @@ def start_watchdog(
 
     Raises :class:`~pytest_containers.errors.ContainerError` if it cannot be started.
     """
+    command = _watchdog_arguments(
+        run_id=run_id,
+        worker=worker,
+        pid=pid,
+        whole_run=whole_run,
+        deadline=deadline,
+        run_lock=run_lock,
+    )
+    try:
+        process = _spawn_watchdog(command, _watchdog_environ(engine_environ), log_file)
+    except OSError as error:
+        raise ContainerError(
+            f"cannot start the cleanup watchdog ({command[0]}): {error}; containers of "
+            "this run may be left behind if pytest is killed"
+        ) from error
+    return Watchdog(process)
+
+
+def _watchdog_arguments(
+    *,
+    run_id: str,
+    worker: str,
+    pid: int,
+    whole_run: bool,
+    deadline: float,
+    run_lock: Path | None,
+) -> list[str]:
+    """The watchdog's command line (see :func:`pytest_containers._cleanup.watchdog.main`)."""
     command = [
         *_watchdog_command(),
         "--run-id",
@@ -546,16 +582,28 @@ def start_watchdog(
     docker_path = _docker_path()
     if docker_path:
         command += ["--path", docker_path]
+    return command
+
+
+def _watchdog_environ(engine_environ: Mapping[str, str] | None) -> dict[str, str]:
+    """This process's environment, for the watchdog."""
     # A coverage plugin would start measuring the watchdog too; it needs no coverage.
     env = {key: value for key, value in os.environ.items() if not key.startswith("COV_CORE_")}
     # The engine this process found (a docker context, a fallback socket), spelled so that
     # any docker-py version reaches the same one.
     env.update(engine_environ or {})
+    return env
+
+
+def _spawn_watchdog(
+    command: list[str], env: dict[str, str], log_file: Path | None
+) -> subprocess.Popen[bytes]:
+    """Start the watchdog in a session of its own, its stderr appended to ``log_file``."""
     log: IO[bytes] | int = subprocess.DEVNULL
     try:
         if log_file is not None:
             log = log_file.open("ab")
-        process = subprocess.Popen(
+        return subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
@@ -565,12 +613,6 @@ def start_watchdog(
             cwd="/",  # hold no directory of the run busy
             env=env,
         )
-    except OSError as error:
-        raise ContainerError(
-            f"cannot start the cleanup watchdog ({command[0]}): {error}; containers of "
-            "this run may be left behind if pytest is killed"
-        ) from error
     finally:
         if not isinstance(log, int):
             log.close()
-    return Watchdog(process)

@@ -29,6 +29,7 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
+    from typing import BinaryIO
 
     import docker
 
@@ -192,13 +193,20 @@ def _usage(message: str) -> int:
     return 2
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Wait for the parent's ``done`` or its death; after a death, remove what it owned.
+_VALUE_FLAGS = (
+    "--run-id",
+    "--worker",
+    "--pid",
+    "--deadline",
+    "--request-timeout",
+    "--path",
+    "--run-lock",
+)
 
-    Exit status: 0 after ``done`` or a complete cleanup, 1 when something could not be
-    removed or the engine did not answer, 2 for bad arguments.
-    """
-    args = list(sys.argv[1:] if argv is None else argv)
+
+def _parse_arguments(args: list[str]) -> tuple[dict[str, str], bool]:
+    """The flags' values by name without ``--``, and whether ``--whole-run`` was given.
+    Raises :class:`ValueError` saying what is wrong."""
     # No argparse: it would double the idle process's imports.
     values: dict[str, str] = {}
     whole_run = False
@@ -206,23 +214,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         flag = args.pop(0)
         if flag == "--whole-run":
             whole_run = True
-        elif flag in (
-            "--run-id",
-            "--worker",
-            "--pid",
-            "--deadline",
-            "--request-timeout",
-            "--path",
-            "--run-lock",
-        ):
+        elif flag in _VALUE_FLAGS:
             if not args:
-                return _usage(f"{flag} needs a value")
+                raise ValueError(f"{flag} needs a value")
             values[flag[2:]] = args.pop(0)
         else:
-            return _usage(f"unknown argument {flag!r}")
+            raise ValueError(f"unknown argument {flag!r}")
     if "run-id" not in values or "worker" not in values or "pid" not in values:
-        return _usage("--run-id, --worker and --pid are required")
+        raise ValueError("--run-id, --worker and --pid are required")
+    return values, whole_run
+
+
+def _parent_done(stdin: BinaryIO) -> bool:
+    """Block until the parent says ``done`` (True) or is gone (False): end of file
+    without ``done`` means the last writer of the pipe has died."""
+    while True:
+        line = stdin.readline()
+        if not line:
+            return False
+        if line.strip() == DONE:
+            return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Wait for the parent's ``done`` or its death; after a death, remove what it owned.
+
+    Exit status: 0 after ``done`` or a complete cleanup, 1 when something could not be
+    removed or the engine did not answer, 2 for bad arguments.
+    """
     try:
+        values, whole_run = _parse_arguments(list(sys.argv[1:] if argv is None else argv))
         pid = int(values["pid"])
         deadline = float(values.get("deadline", _DEFAULT_DEADLINE))
         request_timeout = float(values.get("request-timeout", _DEFAULT_REQUEST_TIMEOUT))
@@ -232,14 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The terminal's Ctrl-C and hang-up are meant for pytest, not for its watchdog.
     for number in (signal.SIGINT, signal.SIGHUP):
         signal.signal(number, signal.SIG_IGN)
-
-    stdin = sys.stdin.buffer
-    while True:
-        line = stdin.readline()
-        if not line:
-            break  # end of file without "done": the parent is gone
-        if line.strip() == DONE:
-            return 0
+    if _parent_done(sys.stdin.buffer):
+        return 0
 
     # Never hang: whatever the engine does, the default SIGALRM action ends the process.
     signal.alarm(max(1, int(deadline)))

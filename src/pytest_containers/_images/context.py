@@ -92,50 +92,15 @@ class BuildSpec:
         Raises :class:`ImageBuildError` when the context or the Dockerfile is missing,
         or an argument is malformed, saying what to write instead.
         """
-        given = os.fspath(build)
-        if not isinstance(given, str) or not given:
-            raise ImageBuildError(
-                f"build={build!r} is not a directory; pass the build context directory "
-                "(holding a Dockerfile), e.g. build='tests/app'",
-                image=f"build:{build!r}",
-            )
         base = Path(base_dir) if base_dir is not None else Path.cwd()
-        context = (base / given).resolve()
-        display = os.path.normpath(given) if not os.path.isabs(given) else context.name
+        context, display = _context_directory(build, base)
         ref = f"build:{display}"
-        if not context.is_dir():
-            where = "" if os.path.isabs(given) else f" (relative to {base})"
-            problem = "is not a directory" if context.exists() else "does not exist"
-            raise ImageBuildError(
-                f"the build context {context}{where} {problem}; build= takes the directory "
-                f"that holds the Dockerfile, absolute or relative to {base}",
-                image=ref,
-            )
-        if dockerfile is not None:
-            dockerfile = os.fspath(dockerfile)
-            if not isinstance(dockerfile, str) or not dockerfile:
-                raise ImageBuildError(
-                    f"dockerfile={dockerfile!r} is not a file name; pass the Dockerfile's "
-                    "path relative to the build context, e.g. dockerfile='Dockerfile.test'",
-                    image=ref,
-                )
-            dockerfile = os.path.normpath(dockerfile)
-        if target is not None and (not isinstance(target, str) or not target.strip()):
-            raise ImageBuildError(
-                f"target={target!r} is not a stage name; pass the name given in "
-                "'FROM ... AS <name>'",
-                image=ref,
-            )
-        try:
-            plat = normalize_platform(platform)
-        except ValueError as error:
-            raise ImageBuildError(f"{ref}: {error}", image=ref) from None
         spec = cls(
             context=context,
-            dockerfile=dockerfile,
-            target=target,
+            dockerfile=_dockerfile_name(dockerfile, ref),
+            target=_target(target, ref),
+            platform=_platform(platform, ref),
             buildargs=_buildargs(buildargs, ref),
-            platform=plat,
             display=display,
         )
         _dockerfile_location(spec)  # a missing Dockerfile fails here, not at build time
@@ -150,6 +115,59 @@ class BuildSpec:
         if self.target:
             name = f"{name}#{self.target}"
         return f"build:{name}"
+
+
+def _context_directory(build: str | os.PathLike[str], base: Path) -> tuple[Path, str]:
+    """The build context of ``build=`` (relative to ``base``), an existing directory, and
+    how messages name it."""
+    given = os.fspath(build)
+    if not isinstance(given, str) or not given:
+        raise ImageBuildError(
+            f"build={build!r} is not a directory; pass the build context directory "
+            "(holding a Dockerfile), e.g. build='tests/app'",
+            image=f"build:{build!r}",
+        )
+    context = (base / given).resolve()
+    display = os.path.normpath(given) if not os.path.isabs(given) else context.name
+    if not context.is_dir():
+        where = "" if os.path.isabs(given) else f" (relative to {base})"
+        problem = "is not a directory" if context.exists() else "does not exist"
+        raise ImageBuildError(
+            f"the build context {context}{where} {problem}; build= takes the directory "
+            f"that holds the Dockerfile, absolute or relative to {base}",
+            image=f"build:{display}",
+        )
+    return context, display
+
+
+def _dockerfile_name(dockerfile: str | os.PathLike[str] | None, ref: str) -> str | None:
+    """``dockerfile=`` as a normalised path relative to the context, or None."""
+    if dockerfile is None:
+        return None
+    name = os.fspath(dockerfile)
+    if not isinstance(name, str) or not name:
+        raise ImageBuildError(
+            f"dockerfile={name!r} is not a file name; pass the Dockerfile's "
+            "path relative to the build context, e.g. dockerfile='Dockerfile.test'",
+            image=ref,
+        )
+    return os.path.normpath(name)
+
+
+def _target(target: str | None, ref: str) -> str | None:
+    if target is not None and (not isinstance(target, str) or not target.strip()):
+        raise ImageBuildError(
+            f"target={target!r} is not a stage name; pass the name given in 'FROM ... AS <name>'",
+            image=ref,
+        )
+    return target
+
+
+def _platform(platform: str | None, ref: str) -> str | None:
+    try:
+        return normalize_platform(platform)
+    except ValueError as error:
+        raise ImageBuildError(f"{ref}: {error}", image=ref) from None
 
 
 def _buildargs(

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from pytest_containers._containers.networks import Network
     from pytest_containers._images.build import BuildSpec
     from pytest_containers._manager.manager import ContainerManager
+    from pytest_containers._manager.resets import Reset
 
 used_containers_key = pytest.StashKey[list["Container"]]()
 
@@ -229,10 +230,8 @@ def _plan_declared(
     key = node.nodeid
 
     def end_with_scope(container: Container) -> None:
-        ends: set[str] = node.stash.setdefault(_scope_ends_key, set())
-        if scope not in ends and scope != "run":
-            ends.add(scope)
-            node.addfinalizer(lambda: manager.end_scope(scope, key))
+        if scope != "run":
+            _end_with_scope(manager, node, scope)
 
     reset = declaration.reset
 
@@ -294,6 +293,18 @@ def _batches(declared: list[Declaration]) -> list[list[Declaration]]:
 
 
 _scope_ends_key = pytest.StashKey[set[str]]()
+
+
+def _end_with_scope(
+    manager: ContainerManager, node: pytest.Item | pytest.Collector, scope: str
+) -> None:
+    """End the manager's containers of ``scope`` at ``node``'s teardown (once per node
+    and scope, however many tests and fixtures share them)."""
+    ends: set[str] = node.stash.setdefault(_scope_ends_key, set())
+    if scope not in ends:
+        ends.add(scope)
+        key = node.nodeid
+        node.addfinalizer(lambda: manager.end_scope(scope, key))
 
 
 def _fail_declared(
@@ -468,6 +479,55 @@ def container_fixture(
     ``--container-reuse``, the container is kept after the run for the next run with the
     same declaration (see the README's "Reuse across runs").
     """
+    declared = _fixture_declaration(image, build, scope, reset, reuse, keywords)
+
+    def fixture(request: pytest.FixtureRequest) -> Iterator[Container]:
+        if declared.shared:
+            yield _shared_fixture_container(request, declared)
+        else:
+            yield from _own_fixture_container(request, declared)
+
+    fixture.__doc__ = f"A ready container of {declared.name!r} ({scope} scope)."
+    # With reset= (or reuse=), the fixture runs for each test (to reset), and the manager
+    # shares the container across the scope, as for markers.
+    pytest_scope: Any = "function" if declared.shared else _PYTEST_SCOPES.get(scope, scope)
+    image_declared = None if build is not None else declared.name  # builds: not prefetched
+    made: Callable[..., Iterator[Container]] = _declare(
+        fixture, image_declared, declared.spec.platform, scope=pytest_scope
+    )
+    return made
+
+
+@dataclasses.dataclass(frozen=True)
+class _FixtureDeclaration:
+    """What a ``container_fixture`` declares, checked where it is made."""
+
+    name: str
+    spec: ContainerSpec
+    #: ``network=`` as written: a network_fixture is resolved in each test's request.
+    network: Any
+    build: str | os.PathLike[str] | None
+    build_keywords: dict[str, Any]
+    scope: str
+    reset: Reset | None
+    reuse: bool
+
+    @property
+    def shared(self) -> bool:
+        """Whether the manager shares the container across the scope (reset= or reuse=)."""
+        return self.reset is not None or self.reuse
+
+
+def _fixture_declaration(
+    image: str | None,
+    build: str | os.PathLike[str] | None,
+    scope: str,
+    reset: Any,
+    reuse: Any,
+    keywords: dict[str, Any],
+) -> _FixtureDeclaration:
+    """Check container_fixture's arguments; errors are TypeError or ValueError, raised
+    where the module assigns the fixture."""
     from pytest_containers._containers.container import ContainerSpec
     from pytest_containers._suite.markers import SCOPES, check_reset, check_reuse
     from pytest_containers.errors import MarkerError
@@ -484,63 +544,72 @@ def container_fixture(
         reused = check_reuse(reuse, scope, "container_fixture")
     except MarkerError as error:
         raise ValueError(str(error)) from None
-    # With reset= (or reuse=), the fixture runs for each test (to reset), and the manager
-    # shares the container across the scope, as for markers.
-    shared_path = resets is not None or reused
-    pytest_scope: Any = "function" if shared_path else _PYTEST_SCOPES.get(scope, scope)
-
-    def fixture(request: pytest.FixtureRequest) -> Iterator[Container]:
-        manager = _manager(request)
-        try:
-            resolved = {"network": network}
-            _resolve_network(request, resolved)
-            own = dataclasses.replace(spec, network=resolved["network"])
-            built = _build_spec(request, build, build_keywords, spec.platform)
-            if shared_path:
-                node = _scope_node(request, scope)
-                shared_key = node.nodeid
-                with _waiting(request):
-                    shared = manager.start(
-                        own, scope=scope, scope_key=shared_key, build=built, reuse=reused
-                    )
-                ends: set[str] = node.stash.setdefault(_scope_ends_key, set())
-                if scope not in ends:
-                    ends.add(scope)
-                    node.addfinalizer(lambda: manager.end_scope(scope, shared_key))
-                if resets is not None:
-                    manager.reset_before_use(
-                        shared, resets, scope=scope, scope_key=shared_key, spec=own
-                    )
-        except ContainerError as error:
-            _fail(request, error, image=name)
-        if shared_path:
-            _record_use(request, shared)
-            yield shared
-            return
-        try:
-            key = request.session.nodeid if scope == "run" else ""
-            # pytest keeps this fixture for its scope; its private networks go with it.
-            group = f"{scope}:{key or request.node.nodeid}"
-            with _waiting(request):
-                started = manager.start(
-                    own,
-                    scope="run" if scope == "run" else "function",
-                    scope_key=key,
-                    build=built,
-                    group=group,
-                )
-        except ContainerError as error:
-            _fail(request, error, image=name)
-        _record_use(request, started)
-        yield started
-        if scope != "run":
-            manager.release(started)
-
-    fixture.__doc__ = f"A ready container of {name!r} ({scope} scope)."
-    made: Callable[..., Iterator[Container]] = _declare(
-        fixture, None if build is not None else name, spec.platform, scope=pytest_scope
+    return _FixtureDeclaration(
+        name, spec, network, build, build_keywords, scope, reset=resets, reuse=reused
     )
-    return made
+
+
+def _fixture_specs(
+    request: pytest.FixtureRequest, declared: _FixtureDeclaration
+) -> tuple[ContainerSpec, BuildSpec | None]:
+    """The container's spec on this request's network, and what to build, if anything."""
+    resolved = {"network": declared.network}
+    _resolve_network(request, resolved)
+    own = dataclasses.replace(declared.spec, network=resolved["network"])
+    built = _build_spec(request, declared.build, declared.build_keywords, declared.spec.platform)
+    return own, built
+
+
+def _shared_fixture_container(
+    request: pytest.FixtureRequest, declared: _FixtureDeclaration
+) -> Container:
+    """The container the manager shares across the scope, reset if another test used it."""
+    manager = _manager(request)
+    scope = declared.scope
+    try:
+        own, built = _fixture_specs(request, declared)
+        node = _scope_node(request, scope)
+        with _waiting(request):
+            shared = manager.start(
+                own, scope=scope, scope_key=node.nodeid, build=built, reuse=declared.reuse
+            )
+        _end_with_scope(manager, node, scope)
+        if declared.reset is not None:
+            manager.reset_before_use(
+                shared, declared.reset, scope=scope, scope_key=node.nodeid, spec=own
+            )
+    except ContainerError as error:
+        _fail(request, error, image=declared.name)
+    _record_use(request, shared)
+    return shared
+
+
+def _own_fixture_container(
+    request: pytest.FixtureRequest, declared: _FixtureDeclaration
+) -> Iterator[Container]:
+    """A container of the fixture's own, which pytest keeps for its scope; one for the
+    whole run with scope="run"."""
+    manager = _manager(request)
+    scope = declared.scope
+    try:
+        own, built = _fixture_specs(request, declared)
+        key = request.session.nodeid if scope == "run" else ""
+        # pytest keeps this fixture for its scope; its private networks go with it.
+        group = f"{scope}:{key or request.node.nodeid}"
+        with _waiting(request):
+            started = manager.start(
+                own,
+                scope="run" if scope == "run" else "function",
+                scope_key=key,
+                build=built,
+                group=group,
+            )
+    except ContainerError as error:
+        _fail(request, error, image=declared.name)
+    _record_use(request, started)
+    yield started
+    if scope != "run":
+        manager.release(started)
 
 
 def _checkable(keywords: dict[str, Any]) -> dict[str, Any]:

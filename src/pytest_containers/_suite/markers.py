@@ -129,8 +129,42 @@ def check_reuse(reuse: Any, scope: str, where: str) -> bool:
 
 
 def _declaration(index: int, mark: pytest.Mark, where: str, rootdir: Path) -> Declaration:
-    images = mark.args
     kwargs = dict(mark.kwargs)
+    images, build = _images_or_build(mark.args, kwargs, where, rootdir)
+    scope = kwargs.pop("scope", "function")
+    if scope not in SCOPES:
+        valid = ", ".join(repr(s) for s in SCOPES)
+        raise MarkerError(f"{where}: invalid container scope {scope!r}; choose one of {valid}")
+    start = kwargs.pop("start", "sequential")
+    if start not in STARTS:
+        valid = " or ".join(repr(s) for s in STARTS)
+        raise MarkerError(f"{where}: invalid container start {start!r}; choose {valid}")
+    reset = check_reset(kwargs.pop("reset", None), scope, where)
+    reuse = check_reuse(kwargs.pop("reuse", False), scope, where)
+    name = kwargs.pop("name", None)
+    if name is not None and (not isinstance(name, str) or not name):
+        raise MarkerError(f"{where}: container name must be a non-empty string, got {name!r}")
+    _check_container_keywords(images, kwargs, where)
+    default = build.context.name if build is not None else default_name(images[0])
+    return Declaration(
+        index=index,
+        images=images,
+        name=name or default,
+        scope=scope,
+        start=start,
+        kwargs=tuple(kwargs.items()),
+        build=build,
+        reset=reset,
+        reuse=reuse,
+    )
+
+
+def _images_or_build(
+    args: tuple[Any, ...], kwargs: dict[str, Any], where: str, rootdir: Path
+) -> tuple[tuple[str, ...], BuildSpec | None]:
+    """The marker's images (checked references), or the name of what ``build=`` builds
+    and its BuildSpec; the build keywords are popped from ``kwargs``."""
+    images = args
     build = None
     if "build" in kwargs:
         if images:
@@ -154,20 +188,12 @@ def _declaration(index: int, mark: pytest.Mark, where: str, rootdir: Path) -> De
             parse_reference(image)
         except ImageReferenceError as error:
             raise MarkerError(f"{where}: {error}") from None
-    scope = kwargs.pop("scope", "function")
-    if scope not in SCOPES:
-        valid = ", ".join(repr(s) for s in SCOPES)
-        raise MarkerError(f"{where}: invalid container scope {scope!r}; choose one of {valid}")
-    start = kwargs.pop("start", "sequential")
-    if start not in STARTS:
-        valid = " or ".join(repr(s) for s in STARTS)
-        raise MarkerError(f"{where}: invalid container start {start!r}; choose {valid}")
-    reset = check_reset(kwargs.pop("reset", None), scope, where)
-    reuse = check_reuse(kwargs.pop("reuse", False), scope, where)
-    name = kwargs.pop("name", None)
-    if name is not None and (not isinstance(name, str) or not name):
-        raise MarkerError(f"{where}: container name must be a non-empty string, got {name!r}")
-    # Validates the keywords now (unknown ones list the valid ones), for every image.
+    return tuple(images), build
+
+
+def _check_container_keywords(images: tuple[str, ...], kwargs: dict[str, Any], where: str) -> None:
+    """Check the container keywords now, for every image, so that a typo is a collection
+    error (an unknown keyword lists the valid ones)."""
     from pytest_containers._containers.container import ContainerSpec
     from pytest_containers._containers.networks import NETWORK_FIXTURE
 
@@ -186,18 +212,6 @@ def _declaration(index: int, mark: pytest.Mark, where: str, rootdir: Path) -> De
                 f"{where}: @pytest.mark.container({image!r}): {message}"
                 + (valid if "valid" in message else "")
             ) from None
-    default = build.context.name if build is not None else default_name(images[0])
-    return Declaration(
-        index=index,
-        images=tuple(images),
-        name=name or default,
-        scope=scope,
-        start=start,
-        kwargs=tuple(kwargs.items()),
-        build=build,
-        reset=reset,
-        reuse=reuse,
-    )
 
 
 #: An item's declarations, read once at collection and reused by its fixtures.
