@@ -180,16 +180,16 @@ def test_a_kept_container_survives_later_runs_with_other_cache_dirs_until_prune(
 FAILING_TEARDOWN_CONFTEST = """
 import docker.errors
 import pytest
-from pytest_containers._manager import manager as _manager
+from pytest_containers._manager import releases as _releases
 
-real = _manager.remove_container
+real = _releases.remove_container
 
 def fail_once(container):
     # A removal the engine refused (seen: a 409 at the end of a run), once per process.
-    _manager.remove_container = real
+    _releases.remove_container = real
     raise docker.errors.APIError("removal refused by a test")
 
-_manager.remove_container = fail_once
+_releases.remove_container = fail_once
 """
 
 

@@ -1,7 +1,8 @@
 """Running containers: how one is started and made ready (:func:`start_container`), and
 the handle a test gets (:class:`Container`). What a test declares is a
-:class:`~pytest_containers._containers.spec.ContainerSpec` (re-exported here); files are copied in
-and out by :mod:`pytest_containers._containers.copy`.
+:class:`~pytest_containers._containers.spec.ContainerSpec` (re-exported here). The handle's
+ports and addresses come from :mod:`pytest_containers._containers.addresses`, its files in
+and out from :mod:`pytest_containers._containers.copy`.
 
 Containers are always created from an image id already present in the engine; nothing
 here pulls.
@@ -10,12 +11,8 @@ here pulls.
 from __future__ import annotations
 
 import math
-import os
-import tarfile
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
 from typing import Any, cast
 
 import docker
@@ -23,20 +20,20 @@ import docker.errors
 import docker.models.containers
 
 from pytest_containers._base.image import Image
-from pytest_containers._containers.copy import extract, tar_of
+from pytest_containers._containers.addresses import Addresses
+from pytest_containers._containers.copy import Files
 from pytest_containers._containers.logs import MAX_LOG_BYTES, read_log_tail
 from pytest_containers._containers.networks import Network
-from pytest_containers._containers.probes import exit_reason, normalize_port
+from pytest_containers._containers.probes import exit_reason
 from pytest_containers._containers.spec import ContainerSpec
 from pytest_containers._engine.connection import (
     Access,
     access_for,
     docker_time,
-    is_kubedock,
     is_podman,
 )
 from pytest_containers._engine.streams import LogFollower, follow_logs, run_exec
-from pytest_containers.errors import ContainerStartupError, NetworkError, PortNotPublishedError
+from pytest_containers.errors import ContainerStartupError
 from pytest_containers.wait import PortWait, WaitFailed, WaitStrategy, wait_until_ready
 
 __all__ = [
@@ -68,7 +65,7 @@ class ExecResult:
 # --- the container -----------------------------------------------------------------------
 
 
-class Container:
+class Container(Addresses, Files):
     """A running container made for a test.
 
     :attr:`host` and :meth:`port` (together :meth:`address`) say where the test reaches
@@ -101,177 +98,6 @@ class Container:
 
     def __repr__(self) -> str:
         return f"<Container {self.name} {self.id[:12]} image={self.image.ref!r}>"
-
-    @property
-    def attrs(self) -> dict[str, Any]:
-        """The engine's inspect data as of the last :meth:`reload`."""
-        return self.raw.attrs
-
-    @property
-    def host(self) -> str:
-        """The address the test dials: the engine's host for published ports (127.0.0.1
-        for a local engine), or the container's own address when the tests themselves run
-        in a container of the engine."""
-        if self.access.mode != "network":
-            return self.access.host
-        networks = (self.attrs.get("NetworkSettings") or {}).get("Networks") or {}
-        address = str((networks.get(self.access.network) or {}).get("IPAddress") or "")
-        if not address:
-            self.reload()
-            networks = (self.attrs.get("NetworkSettings") or {}).get("Networks") or {}
-            address = str((networks.get(self.access.network) or {}).get("IPAddress") or "")
-        return address
-
-    @property
-    def status(self) -> str:
-        """``"running"``, ``"exited"``, ... as of the last :meth:`reload`."""
-        return str((self.attrs.get("State") or {}).get("Status", "unknown"))
-
-    @property
-    def labels(self) -> dict[str, str]:
-        """The container's labels."""
-        return dict((self.attrs.get("Config") or {}).get("Labels") or {})
-
-    @property
-    def ports(self) -> dict[str, int]:
-        """Published ports: ``{"6379/tcp": host_port}``, as of the last :meth:`reload`."""
-        published: dict[str, int] = {}
-        network = self.attrs.get("NetworkSettings") or {}
-        for port, bindings in (network.get("Ports") or {}).items():
-            if not bindings:
-                continue
-            # Prefer the IPv4 binding: an engine may list 0.0.0.0 and :: for one port.
-            ordered = sorted(bindings, key=lambda b: ":" in str(b.get("HostIp", "")))
-            for binding in ordered:
-                if str(binding.get("HostPort", "")).isdigit():
-                    published[port] = int(binding["HostPort"])
-                    break
-        return published
-
-    def port(self, container_port: int | str) -> int:
-        """The port the test dials for ``container_port`` (``6379``, ``"6379"``,
-        ``"6379/tcp"``): the host port it is published on, as currently bound (it changes
-        when the container is started again), or the container port itself when the tests
-        run in a container of the engine and dial containers directly. Raises
-        :class:`PortNotPublishedError` naming the published ones."""
-        __tracebackhide__ = True  # the user's call is the interesting frame, not this one
-        key = normalize_port(container_port)
-        if self.access.mode == "network":
-            return int(key.split("/")[0])
-        published = self.ports
-        if key in published:
-            return published[key]
-        listed = ", ".join(sorted(published)) or "none"
-        state = "" if self.status == "running" else f" (the container is {self.status})"
-        raise PortNotPublishedError(
-            f"port {key} of container {self.name} is not published; published: {listed}{state}",
-            image=self.image.ref,
-            container=self.name,
-        )
-
-    def address(self, container_port: int | str) -> tuple[str, int]:
-        """``(host, port)`` the test connects to for ``container_port`` (see :attr:`host`
-        and :meth:`port`), as bound now: the engine picks new ephemeral host ports when the
-        container is started again (:meth:`start`, :meth:`restart`), so ask again after
-        those rather than keeping the old address."""
-        __tracebackhide__ = True
-        return self.host, self.port(container_port)
-
-    def _networks(self) -> dict[str, Any]:
-        return dict((self.attrs.get("NetworkSettings") or {}).get("Networks") or {})
-
-    def _network_name(self, network: str | Network | None) -> str:
-        """The engine's name of ``network``: a Network, its logical or engine name, or
-        ``None`` for the one ``network=`` chose (else the only one the container is on)."""
-        __tracebackhide__ = True
-        attached = self._networks()
-        if isinstance(network, Network):
-            wanted: str | None = network.name
-        elif network is None:
-            wanted = self.network.name if self.network is not None else None
-            if wanted is None and len(attached) == 1:
-                wanted = next(iter(attached))
-        elif self.network is not None and network in (self.network.logical, self.network.name):
-            wanted = self.network.name
-        else:
-            wanted = network
-        if wanted is None or wanted not in attached:
-            listed = ", ".join(sorted(attached)) or "none"
-            asked = "which network" if wanted is None else f"network {wanted!r}"
-            raise NetworkError(
-                f"container {self.name} is on networks {listed}: say {asked} by "
-                "network=<a name or a Network> it joined",
-                network=wanted,
-                image=self.image.ref,
-                container=self.name,
-            )
-        return wanted
-
-    def ip(self, network: str | Network | None = None) -> str:
-        """The container's address on ``network`` (by default the one ``network=``
-        put it on), for another container on that network to dial."""
-        __tracebackhide__ = True
-        name = self._network_name(network)
-        if self.raw.client is not None and is_kubedock(self.raw.client):
-            # kubedock flattens networks and says 127.0.0.1 for every container: an
-            # address would lead another container to itself.
-            raise NetworkError(
-                f"container {self.name} has no address of its own on kubedock, which "
-                "flattens networks: give it aliases=['name'] and ports=[...] (kubedock "
-                "makes each alias a Kubernetes Service for those ports) and dial the alias",
-                network=name,
-                image=self.image.ref,
-                container=self.name,
-            )
-        address = str(self._networks()[name].get("IPAddress") or "")
-        if not address:
-            self.reload()
-            address = str(self._networks().get(name, {}).get("IPAddress") or "")
-        if not address:
-            raise NetworkError(
-                f"container {self.name} has no address on network {name} "
-                f"(the container is {self.status})",
-                network=name,
-                image=self.image.ref,
-                container=self.name,
-            )
-        return address
-
-    def internal_address(
-        self, container_port: int | str, network: str | Network | None = None
-    ) -> tuple[str, int]:
-        """``(name, port)`` another container on ``network`` dials to reach
-        ``container_port``: the first of ``aliases=`` (on the network ``network=``
-        chose), else the container's address on that network; the port is the
-        container's own, not the published one."""
-        __tracebackhide__ = True
-        port = int(normalize_port(container_port).partition("/")[0])
-        name = self._network_name(network)
-        own = self.network is not None and name == self.network.name
-        if own and self.spec.aliases:
-            return self.spec.aliases[0], port
-        return self.ip(name), port
-
-    def url(
-        self,
-        container_port: int | str,
-        scheme: str = "http",
-        path: str = "",
-        internal: bool = False,
-    ) -> str:
-        """A URL of ``container_port``: for the test, through the published port
-        (``redis://127.0.0.1:49153``); with ``internal=True``, for another container on
-        its network (``redis://cache:6379``)."""
-        __tracebackhide__ = True
-        if internal:
-            host, port = self.internal_address(container_port)
-        else:
-            host, port = self.address(container_port)
-        if ":" in host:
-            host = f"[{host}]"  # an IPv6 address
-        if path and not path.startswith("/"):
-            path = f"/{path}"
-        return f"{scheme}://{host}:{port}{path}"
 
     def exec(
         self,
@@ -317,58 +143,6 @@ class Container:
         ``tail`` lines."""
         data = self.raw.logs(stdout=True, stderr=True, tail="all" if tail is None else tail)
         return data.decode(errors="replace")
-
-    def copy_to(self, host_path: str | os.PathLike[str], container_path: str) -> None:
-        """Copy a file or a directory (recursively) into the container, as ``docker cp``
-        does: into ``container_path`` when it ends with ``/`` or is an existing directory,
-        else to ``container_path`` itself.
-
-        Missing parent directories are created. Copies are owned by root and keep their
-        permission bits.
-        """
-        source = Path(host_path)
-        if not source.exists():
-            raise FileNotFoundError(f"nothing to copy at {source}")
-        target = PurePosixPath(container_path)
-        if not target.is_absolute():
-            raise ValueError(f"container_path must be an absolute path: {container_path}")
-        if container_path.endswith("/") or self._is_directory(str(target)):
-            target = target / source.name
-        try:
-            self.raw.put_archive(str(target.parent), tar_of(source, target.name))
-        except docker.errors.NotFound:
-            # The parent is missing: unpack at / with the whole path so the engine makes it.
-            self.raw.put_archive("/", tar_of(source, str(target.relative_to("/"))))
-
-    def _is_directory(self, container_path: str) -> bool:
-        if container_path == "/":
-            return True
-        try:
-            stream, stat = self.raw.get_archive(container_path)
-        except docker.errors.NotFound:
-            return False
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()  # only the stat header was wanted, not the archive
-        # Go's os.ModeDir bit, as the engine reports file modes.
-        return bool(int((stat or {}).get("mode", 0)) & (1 << 31))
-
-    def copy_from(self, container_path: str, host_path: str | os.PathLike[str]) -> None:
-        """Copy the file or directory at ``container_path`` to ``host_path``, which it
-        becomes (a directory's content is merged into an existing one). Links that would
-        point outside ``host_path`` are skipped."""
-        stream, stat = self.raw.get_archive(container_path)
-        top = str((stat or {}).get("name") or PurePosixPath(container_path).name)
-        with tempfile.TemporaryFile() as spool:
-            for chunk in stream:
-                spool.write(chunk)
-            spool.seek(0)
-            with tarfile.open(fileobj=spool) as archive:
-                extract(archive, top, Path(host_path))
-
-    def reload(self) -> None:
-        """Inspect the container again: state, ports, ..."""
-        self.raw.reload()
 
     def stop(self, timeout: float = 10) -> None:
         """Stop the container, killing it after ``timeout`` seconds."""
@@ -477,6 +251,30 @@ def _publish(spec: ContainerSpec, default_ip: str) -> dict[str, tuple[str, int |
     return published
 
 
+def _create_kwargs(
+    client: docker.DockerClient,
+    spec: ContainerSpec,
+    labels: Mapping[str, str],
+    access: Access,
+    network: Network | None,
+    name: str | None,
+) -> dict[str, Any]:
+    """docker-py's ``create()`` arguments for ``spec``, with the process's ``labels``,
+    on ``network`` under the spec's aliases, its ports published where tests reach them."""
+    kwargs = spec.create_kwargs()
+    if network is not None:
+        kwargs["network"] = network.name
+        if spec.aliases:
+            config = client.api.create_endpoint_config(aliases=list(spec.aliases))
+            kwargs["networking_config"] = {network.name: config}
+    kwargs["labels"] = {**dict(spec.labels), **dict(labels)}
+    if spec.ports:
+        kwargs["ports"] = _publish(spec, access.bind_ip)
+    if name:
+        kwargs["name"] = name
+    return kwargs
+
+
 def start_container(
     client: docker.DockerClient,
     image: Image,
@@ -502,20 +300,10 @@ def start_container(
     """
     if access is None:
         access = access_for(client)
-    kwargs = spec.create_kwargs()
     if network is None and isinstance(spec.network, Network):
         network = spec.network
-    if network is not None:
-        kwargs["network"] = network.name
-        if spec.aliases:
-            config = client.api.create_endpoint_config(aliases=list(spec.aliases))
-            kwargs["networking_config"] = {network.name: config}
-    kwargs["labels"] = {**dict(spec.labels), **dict(labels)}
-    if spec.ports:
-        kwargs["ports"] = _publish(spec, access.bind_ip)
     container_name = name or spec.name
-    if container_name:
-        kwargs["name"] = container_name
+    kwargs = _create_kwargs(client, spec, labels, access, network, container_name)
     try:
         raw = client.containers.create(image.id, **kwargs)
     except docker.errors.APIError as exc:

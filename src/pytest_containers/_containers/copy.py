@@ -5,6 +5,7 @@ permission bits. Out of one: :func:`extract` unpacks the engine's archive of a p
 that the path becomes the destination, through a :mod:`tarfile` extraction filter that
 builds on :func:`tarfile.data_filter`: nothing is written, and no link points, outside the
 destination; device files are skipped; ownership and times are not restored.
+:class:`Files` is the part of the container handle that does both.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ import io
 import os
 import sys
 import tarfile
+import tempfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-__all__ = ["extract", "tar_of"]
+import docker.errors
+import docker.models.containers
+
+__all__ = ["Files", "extract", "tar_of"]
 
 
 def tar_of(source: Path, arcname: str) -> bytes:
@@ -96,3 +101,58 @@ def extract(archive: tarfile.TarFile, top: str, dest: Path) -> None:
         )
     dest = Path(os.path.abspath(dest))
     archive.extractall(dest.parent, filter=_filter_into(top, dest))
+
+
+class Files:
+    """Files in and out of a container, as ``docker cp`` copies them (a part of the
+    :class:`~pytest_containers._containers.container.Container` handle)."""
+
+    raw: docker.models.containers.Container
+
+    def copy_to(self, host_path: str | os.PathLike[str], container_path: str) -> None:
+        """Copy a file or a directory (recursively) into the container, as ``docker cp``
+        does: into ``container_path`` when it ends with ``/`` or is an existing directory,
+        else to ``container_path`` itself.
+
+        Missing parent directories are created. Copies are owned by root and keep their
+        permission bits.
+        """
+        source = Path(host_path)
+        if not source.exists():
+            raise FileNotFoundError(f"nothing to copy at {source}")
+        target = PurePosixPath(container_path)
+        if not target.is_absolute():
+            raise ValueError(f"container_path must be an absolute path: {container_path}")
+        if container_path.endswith("/") or self._is_directory(str(target)):
+            target = target / source.name
+        try:
+            self.raw.put_archive(str(target.parent), tar_of(source, target.name))
+        except docker.errors.NotFound:
+            # The parent is missing: unpack at / with the whole path so the engine makes it.
+            self.raw.put_archive("/", tar_of(source, str(target.relative_to("/"))))
+
+    def _is_directory(self, container_path: str) -> bool:
+        if container_path == "/":
+            return True
+        try:
+            stream, stat = self.raw.get_archive(container_path)
+        except docker.errors.NotFound:
+            return False
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()  # only the stat header was wanted, not the archive
+        # Go's os.ModeDir bit, as the engine reports file modes.
+        return bool(int((stat or {}).get("mode", 0)) & (1 << 31))
+
+    def copy_from(self, container_path: str, host_path: str | os.PathLike[str]) -> None:
+        """Copy the file or directory at ``container_path`` to ``host_path``, which it
+        becomes (a directory's content is merged into an existing one). Links that would
+        point outside ``host_path`` are skipped."""
+        stream, stat = self.raw.get_archive(container_path)
+        top = str((stat or {}).get("name") or PurePosixPath(container_path).name)
+        with tempfile.TemporaryFile() as spool:
+            for chunk in stream:
+                spool.write(chunk)
+            spool.seek(0)
+            with tarfile.open(fileobj=spool) as archive:
+                extract(archive, top, Path(host_path))
