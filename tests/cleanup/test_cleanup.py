@@ -547,13 +547,17 @@ def test_a_sweep_removes_only_the_dead_runs_of_this_host(made: Made, tmp_path: P
     result = sweep_dead_runs(made.client, tmp_path, own_run_id=own, me=made.me)
     took = time.monotonic() - started
 
-    assert {run.run_id for run in result.removed} == {dead, unlocked}
-    (dead_removed,) = (run for run in result.removed if run.run_id == dead)
+    # The sweep judges every run on the engine: another pytest run on the same engine
+    # (CI's, a developer's) may have dead runs of its own, removed too. Judge ours.
+    ours = [run for run in result.removed if run.run_id in made.run_ids]
+    assert {run.run_id for run in ours} == {dead, unlocked}
+    (dead_removed,) = (run for run in ours if run.run_id == dead)
     assert len(dead_removed.containers) == 2
     assert dead_removed.networks == (network.name,)
     assert dead_removed.volumes == (volume.name,)
-    assert result.containers_removed == 3
-    assert result.errors == []
+    assert sum(len(run.containers) for run in ours) == 3
+    mine = {name for run in ours for name in (*run.containers, *run.networks, *run.volumes)}
+    assert [error for error in result.errors if any(name in error for name in mine)] == []
     assert live in result.alive
     assert pid_alive in result.alive
     assert foreign in result.unproven
