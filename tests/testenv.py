@@ -188,23 +188,21 @@ def push_unique_image(
     return f"{name}:1"
 
 
-def tag_in_registry(image: str, prefix: str = "pct") -> str:
-    """Tag the registry's ``image`` (a seed image, Hub style) anew, with the registry's own
-    API: a reference no engine has pulled yet, made without a local engine or files (so
-    tests inside a container can make one too). Returns it (``busybox:pct-1a2b…``)."""
+def tag_in_registry(client: docker.DockerClient, image: str, prefix: str = "pct") -> str:
+    """Push the seed ``image`` (Hub style) under a new tag through ``client``'s engine,
+    which reaches the registry whatever the test process reaches (tests in a container
+    do not reach the host's loopback), and leave that tag out of the engine: a reference
+    no engine has pulled. Returns it (``busybox:pct-1a2b…``)."""
     name, _, tag = image.rpartition(":")
-    base = f"http://{REGISTRY}/v2/{hub_repository(name)}/manifests"
-    kind = "application/vnd.docker.distribution.manifest.v2+json"
-    request = urllib.request.Request(f"{base}/{tag}", headers={"Accept": kind})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        manifest = response.read()
-        kind = response.headers.get("Content-Type", kind)
+    target = f"{REGISTRY}/{hub_repository(name)}"
+    seed = client.images.pull(target, tag=tag)
     new_tag = f"{prefix}-{uuid.uuid4().hex[:12]}"
-    put = urllib.request.Request(
-        f"{base}/{new_tag}", data=manifest, method="PUT", headers={"Content-Type": kind}
-    )
-    with urllib.request.urlopen(put, timeout=30):
-        pass
+    seed.tag(target, new_tag)
+    try:
+        for _ in client.api.push(target, tag=new_tag, stream=True, decode=True):
+            pass
+    finally:
+        client.images.remove(f"{target}:{new_tag}")  # the tag only: the seed stays
     return f"{name}:{new_tag}"
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from pytest_containers import ContainerFactory, wait
 from tests.conftest import InnerRuns
-from tests.testenv import BUSYBOX, REGISTRY, RegistryLog, tag_in_registry
+from tests.testenv import BUSYBOX, REGISTRY, SETTINGS, RegistryLog, tag_in_registry
 
 pytestmark = pytest.mark.docker
 
@@ -61,8 +61,13 @@ def test_two_workers_pull_a_cold_image_once(
     """Every process of a run, on every kind of engine, takes the same lock for an image:
     podman's /info answers a new ID on each request, so the engine's identity must not
     come from it."""
-    # A new tag of a seed image: no engine has it, whatever the topology's engine is.
-    image = tag_in_registry(BUSYBOX)
+    # A new tag of a seed image, pushed through the machine's own dockerd (which reaches
+    # the registry on its loopback): no engine has it, whatever the topology's engine is.
+    local = docker.DockerClient(base_url=f"unix://{SETTINGS['TESTENV_ENGINE_SOCKET']}")
+    try:
+        image = tag_in_registry(local, BUSYBOX)
+    finally:
+        local.close()
     pytester.makepyfile(
         f"""
         import pytest
