@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -163,7 +164,8 @@ def test_a_kept_container_survives_later_runs_with_other_cache_dirs_until_prune(
         _, left = dead_runs.leave(tmp_path / f"other-cache-{number}")
         result = isolated(f"other-cache-{number}")
         result.assert_outcomes(passed=1)
-        result.stdout.fnmatch_lines(["containers: removed 1 container of 1 dead run *"])
+        # At least ours: another run on the engine may have left a dead run too.
+        result.stdout.fnmatch_lines(["containers: removed * of * dead run*"])
         assert left not in dead_runs.remaining()
         assert isolated.leftovers(docker_client) == [kept]
 
@@ -231,7 +233,12 @@ def test_the_sweep_says_in_one_line_what_it_removed_and_why(
     result.assert_outcomes(passed=1)
     lines = [line for line in result.outlines if "dead run" in line]
     assert len(lines) == 1, lines
-    assert lines[0].startswith("containers: removed 2 containers of 2 dead runs (")
+    # At least our two: another run on the same engine (a second pytest run, a killed
+    # one) may have left dead runs that this sweep rightly removes as well.
+    counts = re.match(r"containers: removed (\d+) containers of (\d+) dead runs \(", lines[0])
+    assert counts is not None, lines[0]
+    assert int(counts.group(1)) >= 2, lines[0]
+    assert int(counts.group(2)) >= 2, lines[0]
     because = f"nobody holds its lock in {run_suite.cache_dir}"
     assert f"{first[:12]}: {because}" in lines[0]
     assert f"{second[:12]}: {because}" in lines[0]
@@ -241,12 +248,11 @@ def test_the_sweep_says_in_one_line_what_it_removed_and_why(
     result = run_suite("-v", *workers)
     # Under its own separator, so that it never reads as part of a failure's report.
     result.stdout.fnmatch_lines(
-        [
-            "-* containers: cleanup -*",
-            "containers: removed 1 container of 1 dead run (*",
-            f"  removed from dead run {third} ({because}): 1 container ({third_name})",
-        ],
+        ["-* containers: cleanup -*", "containers: removed * of * dead run* (*"],
         consecutive=True,
+    )
+    result.stdout.fnmatch_lines(
+        [f"  removed from dead run {third} ({because}): 1 container ({third_name})"]
     )
 
 
