@@ -13,7 +13,7 @@ import docker
 import pytest
 
 from tests.conftest import InnerRuns
-from tests.testenv import BUSYBOX, REDIS, misbehaving_registry
+from tests.testenv import BUSYBOX, REDIS, misbehaving_registry, remove_image
 
 pytestmark = pytest.mark.docker
 
@@ -202,6 +202,7 @@ def test_a_slow_pull_shows_its_progress_on_the_terminal(
     run_suite: InnerRuns,
     pytester: pytest.Pytester,
     unique_image: Callable[[], str],
+    docker_client: docker.DockerClient,
     args: list[str],
     shown: bool,
 ) -> None:
@@ -223,7 +224,11 @@ def test_a_slow_pull_shows_its_progress_on_the_terminal(
     )
     with misbehaving_registry("slow-blobs") as registry:
         mirror = f"--container-mirror={registry.address}"
-        result = run_suite("--no-container-prefetch", *args, mirror=mirror)
+        try:
+            result = run_suite("--no-container-prefetch", *args, mirror=mirror)
+        finally:
+            # Pulled under the stand-in's address, which unique_image does not remove.
+            remove_image(docker_client, f"{registry.address}/library/{image}")
     result.assert_outcomes(passed=3)
     lines = result.stdout.lines
     progress = [line for line in lines if "containers:" in line and image in line]
