@@ -24,7 +24,6 @@ import docker
 import pytest
 
 from pytest_containers._base.image import Image
-from pytest_containers._base.reference import parse_reference
 from pytest_containers._engine.connection import engine_identity
 from pytest_containers._images.cache import ImageCache, PullPolicy
 from pytest_containers._images.lockfile import Pin, UnpinnedImageError
@@ -364,7 +363,7 @@ def test_killed_lock_holder_does_not_block(
 ) -> None:
     image = unique_image()
     cache = _cache(docker_client, tmp_path, lock_timeout=10)
-    lock_path, _ = cache._paths(parse_reference(image).with_mirror(REGISTRY), None)
+    lock_path, _ = cache.obtainer.files(cache.targets.of(image))
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -574,7 +573,7 @@ def test_pin_resolves_the_pinned_digest_after_the_tag_moved(
         log = RegistryLog()
         pins = {"whatever": Pin(image, None, digest_a)}
         cache = _cache(docker_client, tmp_path, "run-2", pins=pins)
-        assert cache.pin_for(image) == pins["whatever"]
+        assert cache.targets.of(image).pin == pins["whatever"]  # keyed afresh by pin_key
         pinned = cache.get(image)
         made.append(pinned.id)
         assert (pinned.source, pinned.pinned) == ("pulled", True)
@@ -611,9 +610,9 @@ def test_pin_applies_to_the_reference_as_written_and_its_platform(
     digest = _registry_digest(f"library/{image}")
     pin = Pin(image, "linux/amd64", digest)
     cache = _cache(docker_client, tmp_path, pins={pin.key: pin})
-    assert cache.pin_for(image, "Linux/x86_64") == pin
-    assert cache.pin_for(image) is None
-    assert cache.pin_for(f"docker.io/library/{image}", "linux/amd64") is None
+    assert cache.targets.of(image, "Linux/x86_64").pin == pin
+    assert cache.targets.of(image).pin is None
+    assert cache.targets.of(f"docker.io/library/{image}", "linux/amd64").pin is None
     try:
         on_platform = cache.get(image, platform="linux/amd64")
         plain = cache.get(image)
@@ -635,7 +634,9 @@ def test_a_written_digest_takes_no_pin(tmp_path: Path) -> None:
         run_id="r",
         pins={"x": Pin(written, None, digest)},
     )
-    assert cache.pin_for(written) is None
+    target = cache.targets.of(written)
+    assert target.pin is None
+    assert target.resolved.digest == "sha256:" + "2" * 64
 
 
 class _NoEngine:

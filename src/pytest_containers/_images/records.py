@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pytest_containers._base.reference import Reference, parse_reference
+from pytest_containers._images.lockfile import Pin
 from pytest_containers._images.pull import make_pull_error
 from pytest_containers.errors import (
     ContainerError,
@@ -42,13 +43,18 @@ class Target:
     """What one get() resolves: ``image`` as written; ``canonical`` that reference
     normalized, before any mirror, with the pin's digest when pinned (what the archive is
     keyed by, so that it serves whatever mirror a later run uses); ``resolved`` the same
-    after the mirror (what the engine and the registry are asked for)."""
+    after the mirror (what the engine and the registry are asked for); ``pin`` the lock
+    file's pin that gave the digest, if one did."""
 
     image: str
     canonical: Reference
     resolved: Reference
     platform: str | None
-    pinned: bool
+    pin: Pin | None
+
+    @property
+    def pinned(self) -> bool:
+        return self.pin is not None
 
     @property
     def key(self) -> Key:

@@ -1,26 +1,25 @@
 """``scope="run"``: one container for the whole run, shared by every xdist worker. The
-first process to need it starts it under a machine-wide lock and records its id; the
-others attach to it. One that died is replaced once per run; the run's end removes it."""
+first process to need it starts it and records its id, once per run
+(:class:`~pytest_containers._base.once.OncePerRun`: the recorded container running is
+what is found; starting one and recording it is what is made, under a machine-wide lock);
+the others attach to it. One that died is replaced once per run: the record counts the
+replacements, and a second death fails each test that needs it. The run's end removes it.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import docker
 import docker.errors
 
 from pytest_containers._base.image import Image
-from pytest_containers._base.locks import (
-    ensure_private_dir,
-    exclusive,
-    key_path,
-    private_subdir,
-    read_json,
-    write_json_atomic,
-)
+from pytest_containers._base.locks import ensure_private_dir, exclusive, key_path, private_subdir
+from pytest_containers._base.once import OncePerRun
 from pytest_containers._cleanup.sweep import RUN_SCOPED_DIR
 from pytest_containers._containers.container import Container, ContainerSpec
 from pytest_containers._containers.faults import container_fault
@@ -39,6 +38,13 @@ def spec_fingerprint(spec: ContainerSpec) -> str:
     return hashlib.sha256(repr(spec).encode()).hexdigest()[:16]
 
 
+class _Held(NamedTuple):
+    """The run's container, and how often this run replaced it (``0``: the first)."""
+
+    container: Container
+    replaced: int
+
+
 def run_scoped(
     client: docker.DockerClient,
     *,
@@ -51,40 +57,64 @@ def run_scoped(
     start: Callable[[], Container],
 ) -> Container:
     """The run's container for ``spec``: attached to when a process of the run started
-    it and it runs, else started by ``start`` (and recorded for the others)."""
+    it and it runs, else started by ``start`` (and recorded for the others). One found
+    dead is replaced once; found dead again, it raises :class:`ContainerError`."""
     directory = private_subdir(ensure_private_dir(cache_dir), RUN_SCOPED_DIR)
     fingerprint = spec_fingerprint(spec)
     lock = key_path(directory, run_id, fingerprint, suffix=".lock")
-    state = lock.with_suffix(".json")
-    with exclusive(lock, timeout=timeout * 2, what=f"run-scoped {spec.image}"):
-        record = read_json(state)
-        replaced = 0
-        if record and record.get("run_id") == run_id:
-            container_id = str(record.get("container_id"))
-            attached = _attach(client, container_id, image, spec, access, timeout)
-            if attached is not None:
-                return attached
-            # It died (killed, removed, the engine restarted): replaced once per run.
-            fault = container_fault(client, container_id, container_id[:12])
-            replaced = int(str(record.get("replaced") or 0)) + 1
-            if replaced > 1:
-                what = fault.message if fault is not None else "is not running"
-                raise ContainerError(
-                    f"the run-scoped container of {spec.image} died again after it was "
-                    f"replaced once ({what}); the tests that need it fail",
-                    image=spec.image,
-                )
-        container = start()
-        write_json_atomic(
-            state,
-            {
-                "run_id": run_id,
-                "container_id": container.id,
-                "spec": fingerprint,
-                "replaced": replaced,
-            },
-        )
-        return container
+    once = OncePerRun(
+        lock,
+        lock.with_suffix(".json"),
+        run_id=run_id,
+        timeout=timeout * 2,
+        what=f"run-scoped {spec.image}",
+        about={"spec": fingerprint},
+    )
+
+    def find() -> _Held | None:
+        record = once.recorded()
+        if record is None:
+            return None
+        attached = _attach(client, str(record.get("container_id")), image, spec, access, timeout)
+        return None if attached is None else _Held(attached, _replaced(record))
+
+    def make() -> _Held:
+        record = once.recorded()
+        if record is None:
+            return _Held(start(), 0)
+        # Under the lock, the recorded container was found not running: it died (killed,
+        # removed, the engine restarted). Replaced once per run.
+        if _replaced(record) >= 1:
+            raise _died_again(client, str(record.get("container_id")), spec)
+        return _Held(start(), _replaced(record) + 1)
+
+    held, _ = once.get(
+        find=find,
+        make=make,
+        describe=lambda held: {"container_id": held.container.id, "replaced": held.replaced},
+        # Nothing of a failure is recorded (a start that failed, a container that died
+        # again): the next asker looks at the recorded container itself, so there is no
+        # failure to replay either.
+        failure=lambda error: None,
+        replay=lambda fields: ContainerError(str(fields.get("message")), image=spec.image),
+    )
+    return held.container
+
+
+def _replaced(record: Mapping[str, object]) -> int:
+    return int(str(record.get("replaced") or 0))
+
+
+def _died_again(
+    client: docker.DockerClient, container_id: str, spec: ContainerSpec
+) -> ContainerError:
+    fault = container_fault(client, container_id, container_id[:12])
+    what = fault.message if fault is not None else "is not running"
+    return ContainerError(
+        f"the run-scoped container of {spec.image} died again after it was "
+        f"replaced once ({what}); the tests that need it fail",
+        image=spec.image,
+    )
 
 
 def _attach(
