@@ -217,21 +217,48 @@ class XdistHooks:
 
     @pytest.hookimpl
     def pytest_testnodedown(self, node: Any, error: object) -> None:
-        output = getattr(node, "workeroutput", {}) or {}
-        state = plugin_state(node.config)
-        state.worker_images.extend(output.get(_WORKER_IMAGES, []))
-        state.kept.extend(output.get(_WORKER_KEPT, []))
-        if output.get(_WORKER_PARTIAL):
-            state.whole_suite = False
-        for image, platform in output.get(_WORKER_DECLARED, []):
-            state.declared_images.setdefault((image, platform), None)
-        state.swept.extend(output.get(_WORKER_SWEPT, []))
-        reused, swept = output.get(_WORKER_REUSED, ([], []))
-        state.reused.extend(reused)
-        state.reuse_swept.extend(swept)
         # A worker that died (error) may have left containers its watchdog had to chase.
-        if output.get(_WORKER_USED) or error is not None:
-            state.needs_run_cleanup = True
+        output = getattr(node, "workeroutput", {}) or {}
+        absorb(plugin_state(node.config), output, died=error is not None)
+
+
+def absorb(state: PluginState, report: dict[str, Any], *, died: bool = False) -> None:
+    """Add what one process of the run did (its :func:`_process_report`) to the run's
+    state: the controller does it for each worker, a plain run for itself."""
+    state.worker_images.extend(report.get(_WORKER_IMAGES, []))
+    state.kept.extend(report.get(_WORKER_KEPT, []))
+    if report.get(_WORKER_PARTIAL):
+        state.whole_suite = False
+    for image, platform in report.get(_WORKER_DECLARED, []):
+        state.declared_images.setdefault((image, platform), None)
+    state.swept.extend(report.get(_WORKER_SWEPT, []))
+    reused, swept = report.get(_WORKER_REUSED, ([], []))
+    state.reused.extend(reused)
+    state.reuse_swept.extend(swept)
+    if report.get(_WORKER_USED) or died:
+        state.needs_run_cleanup = True
+
+
+def _process_report(state: PluginState, *, images: bool) -> dict[str, Any]:
+    """What this process did, as one record (a worker hands it to the controller);
+    ``images``: with the images it resolved (the controller's own are read directly)."""
+    report: dict[str, Any] = {_WORKER_PARTIAL: not state.whole_suite}
+    if not state.has_manager:
+        return report
+    manager = state.manager()
+    manager.close()
+    if images:
+        from pytest_containers._suite.run_report import image_record
+
+        report[_WORKER_IMAGES] = [image_record(i) for i in manager.resolved_images()]
+    # The run's end cleans up only where something may be left: each process removed
+    # what its own labels held (Manager.close); what is left is the run-scoped
+    # containers, or what that could not remove.
+    report[_WORKER_USED] = manager.used_run_scope or bool(manager.cleanup_errors)
+    report[_WORKER_KEPT] = [_kept_record(c) for c in manager.kept.values()]
+    report[_WORKER_SWEPT] = _swept_records(manager)
+    report[_WORKER_REUSED] = manager.reuse_report()
+    return report
 
 
 def finish_session(session: pytest.Session, exitstatus: int) -> None:
@@ -243,30 +270,10 @@ def finish_session(session: pytest.Session, exitstatus: int) -> None:
         state.whole_suite = False  # stopped early (-x, Ctrl-C, an error): not all ran
     workeroutput: dict[str, Any] | None = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:
-        workeroutput[_WORKER_PARTIAL] = not state.whole_suite
+        workeroutput.update(_process_report(state, images=True))
         workeroutput[_WORKER_DECLARED] = [list(key) for key in state.declared_images]
-    if state.has_manager:
-        manager = state.manager()
-        manager.close()
-        state.kept.extend(_kept_record(c) for c in manager.kept.values())
-        if workeroutput is not None:
-            from pytest_containers._suite.run_report import image_record
-
-            workeroutput[_WORKER_IMAGES] = [image_record(i) for i in manager.resolved_images()]
-            # The controller cleans up after the run only where something may be left.
-            # Each process removed what its own labels held (Manager.close); what is left
-            # is the run-scoped containers, or what that could not remove.
-            workeroutput[_WORKER_USED] = manager.used_run_scope or bool(manager.cleanup_errors)
-            workeroutput[_WORKER_KEPT] = state.kept
-            workeroutput[_WORKER_SWEPT] = _swept_records(manager)
-            workeroutput[_WORKER_REUSED] = manager.reuse_report()
-        else:
-            state.swept.extend(_swept_records(manager))
-            reused, swept = manager.reuse_report()
-            state.reused.extend(reused)
-            state.reuse_swept.extend(swept)
-            if manager.used_run_scope or manager.cleanup_errors:
-                state.needs_run_cleanup = True
+    else:
+        absorb(state, _process_report(state, images=False))
     if not state.is_worker and state.needs_run_cleanup:
         # The whole run ends here: whatever its label still holds goes (run-scoped
         # containers, failed teardowns, what a dead worker left), but the kept ones.
