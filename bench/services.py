@@ -59,7 +59,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in cases}
     try:
         for declared in (REDIS, slow):  # warm: the pulls are not what is measured
-            manager.image(str(declared.image))
+            manager.image(declared.display)
         for _ in range(args.rounds):
             for name, services in cases.items():
                 times[name].append(time_to_ready(manager, services))

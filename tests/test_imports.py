@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("engine", {"_engine"}),
     ("cleanup", {"_cleanup"}),
     ("images", {"_images"}),
-    ("containers", {"_containers", "wait"}),
+    ("containers", {"_containers", "wait", "presets"}),
     ("manager", {"_manager"}),
     ("pytest side", {"_suite", "newhooks", "plugin"}),
 ]

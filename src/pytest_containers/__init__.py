@@ -19,16 +19,15 @@ from pytest_containers.errors import (
     CacheDirError,
     ContainerError,
     ContainerStartupError,
+    DeclarationError,
     EngineUnavailableError,
     ImageBuildError,
     ImageNotFoundError,
     ImagePullError,
     ImageReferenceError,
     LockFileError,
-    MarkerError,
     NetworkError,
     PortNotPublishedError,
-    ServiceError,
     ServiceStartError,
     SettingError,
     UnpinnedImageError,
@@ -36,7 +35,7 @@ from pytest_containers.errors import (
 )
 
 if TYPE_CHECKING:
-    from pytest_containers import wait
+    from pytest_containers import presets, wait
     from pytest_containers._containers.container import Container, ExecResult
     from pytest_containers._containers.networks import Network
     from pytest_containers._suite.fixtures import (
@@ -53,6 +52,7 @@ __all__ = [
     "ContainerError",
     "ContainerFactory",
     "ContainerStartupError",
+    "DeclarationError",
     "EngineUnavailableError",
     "ExecResult",
     "Image",
@@ -61,12 +61,10 @@ __all__ = [
     "ImagePullError",
     "ImageReferenceError",
     "LockFileError",
-    "MarkerError",
     "Network",
     "NetworkError",
     "PortNotPublishedError",
     "Service",
-    "ServiceError",
     "ServiceStartError",
     "SettingError",
     "UnpinnedImageError",
@@ -74,6 +72,7 @@ __all__ = [
     "container_fixture",
     "image_fixture",
     "network_fixture",
+    "presets",
     "service",
     "wait",
 ]
@@ -87,6 +86,7 @@ _LAZY = {
     "ExecResult": "pytest_containers._containers.container",
     "Network": "pytest_containers._containers.networks",
     "wait": "pytest_containers.wait",
+    "presets": "pytest_containers.presets",
 }
 
 
@@ -95,6 +95,6 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'pytest_containers' has no attribute {name!r}")
     loaded = importlib.import_module(module)
-    value = loaded if name == "wait" else getattr(loaded, name)
+    value = loaded if name in ("wait", "presets") else getattr(loaded, name)
     globals()[name] = value
     return value

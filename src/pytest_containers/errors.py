@@ -17,16 +17,15 @@ __all__ = [
     "CacheDirError",
     "ContainerError",
     "ContainerStartupError",
+    "DeclarationError",
     "EngineUnavailableError",
     "ImageBuildError",
     "ImageNotFoundError",
     "ImagePullError",
     "ImageReferenceError",
     "LockFileError",
-    "MarkerError",
     "NetworkError",
     "PortNotPublishedError",
-    "ServiceError",
     "ServiceStartError",
     "SettingError",
     "UnpinnedImageError",
@@ -230,23 +229,25 @@ class ArchiveError(ContainerError):
         self.corrupt = corrupt
 
 
-class ServiceError(ContainerError, ValueError):
-    """A service declaration that cannot be used; the message names the service (or the
-    ini line) and says what to write instead. ``service`` is its name and ``image`` its
-    image, when the declaration got that far.
+class DeclarationError(ContainerError, ValueError):
+    """A declaration that cannot be used, in any form: a ``container`` marker (a
+    collection error), ``container_fixture``, ``container_factory``, ``service()`` or a
+    line of the ini key ``container_services``. The message names where it was written
+    (the test, the service) and says what to write instead; ``image`` is the image and
+    ``name`` the declared name, when the declaration got that far.
 
     Also a :class:`ValueError`, for callers that catch a bad argument as one."""
 
     def __init__(
-        self, message: str, *, service: str | None = None, image: str | None = None
+        self,
+        message: str,
+        *,
+        image: str | None = None,
+        test: str | None = None,
+        name: str | None = None,
     ) -> None:
-        super().__init__(message, image=image)
-        self.service = service
-
-
-class MarkerError(ContainerError):
-    """A ``container`` marker (or a ``container_fixture``) that cannot be used; raised at
-    collection, the message names the test and says what to write instead."""
+        super().__init__(message, image=image, test=test)
+        self.name = name
 
 
 class SettingError(ContainerError, ValueError):

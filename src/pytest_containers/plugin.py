@@ -28,9 +28,9 @@ from pytest_containers._suite.fixtures import (
     record_fixture_values,
     used_containers_key,
 )
-from pytest_containers._suite.markers import declarations, declarations_key
+from pytest_containers._suite.markers import declarations, declarations_key, image_for, param
 from pytest_containers._suite.state import parser_key, plugin_state
-from pytest_containers.errors import MarkerError
+from pytest_containers.errors import DeclarationError
 
 if TYPE_CHECKING:
     from pytest_containers._containers.container import Container
@@ -97,15 +97,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A marker with several images parametrizes the test, one item per image."""
     try:
         declared = declarations(metafunc.definition)
-    except MarkerError as error:
+    except DeclarationError as error:
         raise pytest.Collector.CollectError(str(error)) from None
     for declaration in declared:
         if len(declaration.images) > 1:
             # Direct parametrization of a name no fixture has: pytest only asks that the
             # test "uses" it, and the containers fixture reads it from the callspec.
-            metafunc.fixturenames.append(declaration.param)
+            metafunc.fixturenames.append(param(declaration))
             metafunc.parametrize(
-                declaration.param, declaration.images, ids=list(declaration.images)
+                param(declaration), declaration.images, ids=list(declaration.images)
             )
 
 
@@ -119,9 +119,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for declaration in declared:
             if declaration.build is not None:
                 continue  # built on first use, not prefetched
-            image = declaration.image_for(item)
-            platform = dict(declaration.kwargs).get("platform")
-            state.declared_images.setdefault((image, platform), None)
+            image = image_for(declaration, item)
+            state.declared_images.setdefault((image, declaration.platform), None)
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:

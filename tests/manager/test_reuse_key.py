@@ -11,7 +11,7 @@ from pathlib import Path
 import docker.models.networks
 import pytest
 
-from pytest_containers import MarkerError, SettingError
+from pytest_containers import DeclarationError, SettingError
 from pytest_containers._base.image import Image
 from pytest_containers._base.settings import (
     format_duration,
@@ -21,13 +21,13 @@ from pytest_containers._base.settings import (
 from pytest_containers._containers.container import ContainerSpec
 from pytest_containers._containers.networks import Network
 from pytest_containers._engine.connection import Access
+from pytest_containers._manager.declaration import FIXTURE, declare
 from pytest_containers._manager.reuse import (
     ReusePool,
     reusable_network,
     reuse_key,
     reuse_summary,
 )
-from pytest_containers._suite.markers import check_reuse
 from pytest_containers.wait import for_exec, for_log
 
 IMAGE = Image(ref="redis:7", resolved_ref="redis:7", id="sha256:" + "a" * 64, digest="sha256:1")
@@ -150,12 +150,15 @@ def test_the_reuse_ttl_takes_seconds_or_a_unit_and_defaults_to_an_hour() -> None
 
 @pytest.mark.parametrize("scope", ["function", "run"])
 def test_reuse_goes_only_with_a_scope_shared_by_the_tests_of_one_process(scope: str) -> None:
-    with pytest.raises(MarkerError, match="reuse=True only goes with scope='class'"):
-        check_reuse(True, scope, "test_x")
-    assert check_reuse(False, scope, "test_x") is False
-    assert check_reuse(True, "session", "test_x") is True
-    with pytest.raises(MarkerError, match="reuse= takes True or False, not 'yes'"):
-        check_reuse("yes", "session", "test_x")
+    def reuse(value: object, scope: str) -> bool:
+        return declare(FIXTURE, ("redis:7",), {"reuse": value, "scope": scope}).reuse
+
+    with pytest.raises(DeclarationError, match="reuse=True only goes with scope='class'"):
+        reuse(True, scope)
+    assert reuse(False, scope) is False
+    assert reuse(True, "session") is True
+    with pytest.raises(DeclarationError, match="reuse= takes True or False, not 'yes'"):
+        reuse("yes", "session")
 
 
 def test_the_summary_counts_reused_and_started_containers_once_each_and_marks_them() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_containers import ContainerError, Service, ServiceError, service, wait
+from pytest_containers import ContainerError, DeclarationError, service, wait
 from pytest_containers._manager.services import check_unique, parse_ini, parse_ini_line
 from tests.conftest import SERIAL_AND_XDIST
 
@@ -22,16 +22,12 @@ def test_a_service_keeps_what_it_declares() -> None:
         expose={"REDIS_URL": "redis://{host}:{port}"},
         options={"redis_url": "redis://{host}:{port[6379]}"},
     )
-    assert declared == Service(
-        name="redis",
-        image="redis:7",
-        per="run",
-        expose=(("REDIS_URL", "redis://{host}:{port}"),),
-        options=(("redis_url", "redis://{host}:{port[6379]}"),),
-        keywords=(("ports", [6379]), ("env", {"A": "1"})),
-    )
-    spec, built = declared.spec(base_dir=Path.cwd())
-    assert built is None
+    assert (declared.name, declared.display, declared.per) == ("redis", "redis:7", "run")
+    assert declared.declaration.scope == "run"
+    assert declared.expose == (("REDIS_URL", "redis://{host}:{port}"),)
+    assert declared.options == (("redis_url", "redis://{host}:{port[6379]}"),)
+    assert declared.declaration.build_spec(Path.cwd()) is None
+    spec = declared.spec
     assert spec.ports == ("6379/tcp",)
     assert spec.name == "redis"
     assert spec.env == (("A", "1"),)
@@ -41,8 +37,8 @@ def test_a_service_keeps_what_it_declares() -> None:
     ("call", "message"),
     [
         (lambda: service("redis:7", name=""), "name= must be a non-empty string"),
-        (lambda: service(name="redis"), "pass an image"),
-        (lambda: service("redis:7", name="redis", build="ctx"), "pass an image"),
+        (lambda: service(name="redis"), "service needs an image"),
+        (lambda: service("redis:7", name="redis", build="ctx"), "an image or build=, not both"),
         (lambda: service("redis:7", name="redis", per="test"), "invalid per='test'"),
         (lambda: service("redis:7", name="redis", scope="session"), "not scope="),
         (lambda: service("redis:7", name="redis", target="x"), "only go with build="),
@@ -72,7 +68,7 @@ def test_a_service_keeps_what_it_declares() -> None:
     ],
 )
 def test_a_bad_declaration_says_what_is_wrong(call: object, message: str) -> None:
-    with pytest.raises(ServiceError) as caught:
+    with pytest.raises(DeclarationError) as caught:
         call()  # type: ignore[operator]
     assert message in str(caught.value)
 
@@ -87,12 +83,12 @@ def test_a_service_takes_the_image_first_and_its_name_by_keyword_as_the_marker_d
 def test_a_bad_declaration_is_a_container_error_that_names_the_service_and_image() -> None:
     with pytest.raises(ContainerError) as caught:
         service("redis:7", name="cache", per="test")
-    assert isinstance(caught.value, ServiceError)
+    assert isinstance(caught.value, DeclarationError)
     assert isinstance(caught.value, ValueError)  # as it was before it joined ContainerError
-    assert (caught.value.service, caught.value.image) == ("cache", "redis:7")
-    with pytest.raises(ServiceError) as caught:
+    assert (caught.value.name, caught.value.image) == ("cache", "redis:7")
+    with pytest.raises(DeclarationError) as caught:
         parse_ini_line("cache redis:7 per=test")
-    assert (caught.value.service, caught.value.image) == ("cache", "redis:7")
+    assert (caught.value.name, caught.value.image) == ("cache", "redis:7")
 
 
 def test_a_reset_is_a_command_or_a_callable() -> None:
@@ -106,7 +102,7 @@ def test_a_reset_is_a_command_or_a_callable() -> None:
     assert service("redis:7", name="redis", reset=flush).reset is flush
     (declared,) = parse_ini(["redis redis:7 'reset=redis-cli FLUSHALL'"])
     assert declared.reset == ("redis-cli", "FLUSHALL")
-    assert "reset" not in dict(declared.keywords)
+    assert declared.declaration.scope == "session"
 
 
 def test_an_ini_line_reads_like_a_shell_line() -> None:
@@ -120,23 +116,25 @@ def test_an_ini_line_reads_like_a_shell_line() -> None:
             "network=net",
         ]
     )
-    keywords = dict(declared.keywords)
-    assert (declared.name, declared.image, declared.per) == ("redis", "redis:7", "run")
-    assert keywords["ports"] == ["6379", "6380"]
-    assert keywords["env"] == {"A": "1", "B": "x=y"}
-    assert keywords["command"] == 'redis-server --save ""'
-    assert keywords["wait"].describe() == wait.for_log("Ready to accept").describe()
-    assert keywords["network"] == "net"
+    spec = declared.spec
+    assert (declared.name, declared.display, declared.per) == ("redis", "redis:7", "run")
+    assert spec.ports == ("6379/tcp", "6380/tcp")
+    assert spec.env == (("A", "1"), ("B", "x=y"))
+    assert spec.command == 'redis-server --save ""'
+    assert spec.wait is not None
+    assert spec.wait.describe() == wait.for_log("Ready to accept").describe()
+    assert spec.network == "net"
     assert declared.expose == (("REDIS_URL", "redis://{host}:{port}"),)
     assert declared.options == (("redis_url", "{host}:{port[6380]}"),)
 
 
 def test_an_ini_line_may_build_its_image() -> None:
     declared = parse_ini_line("app build=tests/app target=test buildarg=V=1 ports=8080")
-    assert declared.image is None
-    assert declared.build == "tests/app"
-    assert declared.display == "build:tests/app"
-    assert dict(declared.build_keywords) == {"target": "test", "buildargs": {"V": "1"}}
+    build = declared.declaration.build
+    assert build is not None
+    assert build.context == "tests/app"
+    assert declared.display == "build:tests/app#test"
+    assert (build.target, build.buildargs) == ("test", (("V", "1"),))
 
 
 @pytest.mark.parametrize(
@@ -152,7 +150,8 @@ def test_an_ini_line_may_build_its_image() -> None:
 )
 def test_an_ini_wait_names_a_strategy(text: str, expected: wait.WaitStrategy) -> None:
     declared = parse_ini_line(f"s image:1 ports=6379,8080 'wait={text}'")
-    assert dict(declared.keywords)["wait"].describe() == expected.describe()
+    assert declared.spec.wait is not None
+    assert declared.spec.wait.describe() == expected.describe()
 
 
 @pytest.mark.parametrize(
@@ -168,14 +167,14 @@ def test_an_ini_wait_names_a_strategy(text: str, expected: wait.WaitStrategy) ->
     ],
 )
 def test_a_bad_ini_line_is_named_in_the_error(line: str, message: str) -> None:
-    with pytest.raises(ServiceError) as caught:
+    with pytest.raises(DeclarationError) as caught:
         parse_ini_line(line)
     assert f"container_services line {line!r}" in str(caught.value)
     assert message in str(caught.value)
 
 
 def test_two_services_may_not_share_a_name() -> None:
-    with pytest.raises(ServiceError, match="several services are named 'db'"):
+    with pytest.raises(DeclarationError, match="several services are named 'db'"):
         check_unique([service("redis:7", name="db"), service("redis:7", name="db")])
 
 

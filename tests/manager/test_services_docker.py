@@ -24,6 +24,7 @@ from tests.testenv import (
     MIRROR_OPTION,
     REDIS,
     REGISTRY,
+    ROOT,
     RegistryLog,
     run_containers,
     start_pytest,
@@ -401,8 +402,8 @@ def test_a_failing_service_reset_errors_that_test_and_the_others_go_on(
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(
         [
-            "*test_second*the reset of service 'box' (*) by flaky failed: raised RuntimeError: "
-            "the flush went wrong; the service stays*",
+            "*test_second*service 'box': the reset of container * (*) by flaky failed: raised "
+            "RuntimeError: the flush went wrong; it stays, and the next test resets it again*",
         ]
     )
     assert "Traceback" not in result.stdout.str()
@@ -484,7 +485,8 @@ def test_a_service_that_fails_in_one_worker_stops_the_run(
 def test_the_docs_service_hook_example_runs(
     run_suite: InnerRuns, pytester: pytest.Pytester
 ) -> None:
-    blocks = [block for page in pages.PAGES for block in pages.blocks(page, "python")]
+    page = ROOT / "docs" / "how-to" / "services.md"
+    blocks = pages.blocks(page, "python")
     (example,) = [block for block in blocks if "def pytest_containers_services" in block]
     pytester.makeconftest(example)
     pytester.makepyfile(

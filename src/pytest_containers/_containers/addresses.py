@@ -193,21 +193,98 @@ class Addresses(Inspected):
 
     def url(
         self,
-        container_port: int | str,
+        container_port: int | str | None = None,
         scheme: str = "http",
         path: str = "",
         internal: bool = False,
+        *,
+        driver: str = "",
     ) -> str:
         """A URL of ``container_port``: for the test, through the published port
         (``redis://127.0.0.1:49153``); with ``internal=True``, for another container on
-        its network (``redis://cache:6379``)."""
+        its network (``redis://cache:6379``).
+
+        Without a port, the container's own URL from its ``urls=`` templates (a preset's:
+        ``postgresql://test:test@127.0.0.1:49153/test``); ``driver`` picks another of
+        them (``driver="asyncpg"``: ``postgresql+asyncpg://...``)."""
         __tracebackhide__ = True
+        if container_port is None:
+            return self._url_of_template(driver, internal)
         if internal:
             host, port = self.internal_address(container_port)
         else:
             host, port = self.address(container_port)
-        if ":" in host:
-            host = f"[{host}]"  # an IPv6 address
         if path and not path.startswith("/"):
             path = f"/{path}"
-        return f"{scheme}://{host}:{port}{path}"
+        return f"{scheme}://{_bracketed(host)}:{port}{path}"
+
+    def _url_of_template(self, driver: str, internal: bool) -> str:
+        __tracebackhide__ = True
+        templates = dict(self.spec.urls)
+        if driver not in templates:
+            if not templates:
+                raise PortNotPublishedError(
+                    f"container {self.name} ({self.spec.image}) has no URL of its own: pass "
+                    "the port, url(6379, 'redis'), or declare urls={'': 'redis://{host}:"
+                    "{port}'} (presets do)",
+                    image=self.image.ref,
+                    container=self.name,
+                )
+            known = ", ".join(repr(name) for name in sorted(templates) if name)
+            raise PortNotPublishedError(
+                f"container {self.name} ({self.spec.image}) has no URL for driver "
+                f"{driver!r}; its drivers are: {known or 'none but the default'}",
+                image=self.image.ref,
+                container=self.name,
+            )
+        return fill_url(templates[driver], self, internal=internal)
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host  # an IPv6 address
+
+
+class _TemplatePorts:
+    """``{port}`` (the first declared port) and ``{port[5432]}`` in a URL template."""
+
+    def __init__(self, where: Addresses, internal: bool) -> None:
+        self._where = where
+        self._internal = internal
+
+    def __getitem__(self, port: int | str) -> int:
+        if self._internal:
+            return self._where.internal_address(port)[1]
+        return self._where.address(port)[1]
+
+    def __format__(self, spec: str) -> str:
+        return format(self[self._where.spec.ports[0]], spec)
+
+
+class _Quoted(dict[str, str]):
+    """``{env[NAME]}``: the container's environment, quoted for a URL's user, password
+    and path."""
+
+    def __missing__(self, key: str) -> str:
+        raise KeyError(f"env[{key!r}] (the container sets no {key})")
+
+    def __getitem__(self, key: str) -> str:
+        from urllib.parse import quote
+
+        return quote(super().__getitem__(key), safe="")
+
+
+def fill_url(template: str, where: Addresses, *, internal: bool = False) -> str:
+    """A URL template filled for ``where``: ``{host}`` and ``{port}``/``{port[N]}`` as the
+    tests reach it (``internal``: as its peers on its network do), ``{env[NAME]}`` from
+    its declared environment."""
+    ports = where.spec.ports
+    if internal:
+        host = where.internal_address(ports[0])[0] if ports else where.ip()
+    else:
+        host = where.address(ports[0])[0] if ports else where.host
+    fields = {
+        "host": _bracketed(host),
+        "port": _TemplatePorts(where, internal),
+        "env": _Quoted(where.spec.env),
+    }
+    return template.format_map(fields)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -120,6 +121,8 @@ class ContainerSpec:
     platform: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
     options: tuple[tuple[str, Any], ...] = ()
+    #: URL templates by driver (``""``: the plain one), for ``Container.url()``.
+    urls: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         # Direct construction may spell ports loosely; equal specs must still compare equal.
@@ -188,6 +191,7 @@ class ContainerSpec:
             platform=_optional_str("platform", kwargs.get("platform")),
             labels=_pairs("labels", kwargs.get("labels")),
             options=_options(kwargs.get("options")),
+            urls=_urls(kwargs.get("urls")),
         )
 
     def create_kwargs(self) -> dict[str, Any]:
@@ -398,6 +402,34 @@ def _healthcheck(value: Any) -> tuple[tuple[str, Any], ...] | None:
             f"unknown healthcheck key(s) {unknown}; valid ones are {list(_HEALTHCHECK_KEYS)}"
         )
     return tuple(sorted((key, _freeze(item)) for key, item in value.items()))
+
+
+#: What a URL template may use.
+_URL_FIELDS = ("host", "port", "env")
+
+
+def _urls(value: Any) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            "urls must be a dict of driver names to templates, e.g. "
+            f"{{'': 'redis://{{host}}:{{port}}/0'}}, not {value!r}"
+        )
+    for driver, template in value.items():
+        if not isinstance(driver, str) or not isinstance(template, str):
+            raise TypeError(f"urls needs str drivers and templates, got {driver!r}: {template!r}")
+        try:
+            names = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+        except ValueError as error:
+            raise ValueError(f"urls[{driver!r}] is not a valid template ({error})") from None
+        for name in names:
+            if re.split(r"[\[.]", name, maxsplit=1)[0] not in _URL_FIELDS:
+                raise ValueError(
+                    f"urls[{driver!r}] uses {{{name}}}; the fields are {{host}}, {{port}}, "
+                    "{port[5432]} and {env[NAME]}"
+                )
+    return tuple(sorted(value.items()))
 
 
 def _options(value: Any) -> tuple[tuple[str, Any], ...]:

@@ -108,7 +108,10 @@ class ContainerManager:
         )
         self._starts = Starts(
             link,
-            (self._images, self._scopes, self._networks, self._leases),
+            images=self._images,
+            scopes=self._scopes,
+            networks=self._networks,
+            leases=self._leases,
             run_id=run_id,
             cache_dir=cache_dir,
             labels=self.labels,
@@ -269,18 +272,20 @@ class ContainerManager:
         scope: str,
         scope_key: str,
         spec: ContainerSpec,
+        keep: bool = False,
     ) -> None:
         """Before a test uses the shared ``container``: run ``reset`` (a command to exec, or
         a callable taking the container), unless this is its first test since it started.
         A reset that fails drops the container from its scope, so that the next test gets a
-        new one, and raises :class:`~pytest_containers.errors.ContainerError` saying which
-        container, which command, its exit code and the tail of its output."""
+        new one (``keep``: it stays, as a service whose address the suite holds does), and
+        raises :class:`~pytest_containers.errors.ContainerError` saying which container,
+        which command, its exit code and the tail of its output."""
         self._scopes.reset_before_use(
             container,
             reset,
             key=(scope, scope_key, spec),
             shells=self.reset_shells,
-            drop=self._releases.drop_broken,
+            drop=None if keep else self._releases.drop_broken,
         )
 
     def mark_failed(self, container: Container) -> None:

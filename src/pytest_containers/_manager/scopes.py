@@ -117,11 +117,12 @@ class ScopedContainers:
         *,
         key: tuple[str, str, ContainerSpec],
         shells: ResetShells,
-        drop: Callable[[Container], None],
+        drop: Callable[[Container], None] | None,
     ) -> None:
         """Run ``reset`` before a test uses ``container``, unless this is its first test
         since it started; ``key`` is its scope, scope key and spec. A failed reset drops
-        it from its scope (``drop`` removes or releases it) and raises ContainerError."""
+        it from its scope (``drop`` removes or releases it; None keeps it, and the next
+        test resets it again) and raises ContainerError."""
         scope, scope_key, spec = key
         with self._lock:
             first = container.id not in self._handed
@@ -132,6 +133,13 @@ class ScopedContainers:
         if failure is None:
             return
         what = describe_reset(reset)
+        if drop is None:
+            raise ContainerError(
+                f"the reset of container {container.name} ({spec.image}) by {what} failed: "
+                f"{failure}; it stays, and the next test resets it again",
+                image=spec.image,
+                container=container.name,
+            )
         with self._lock:
             held = self._scopes.get(f"{scope}:{scope_key}")
             if held is not None and held.containers.get(spec) is container:

@@ -24,71 +24,58 @@ from pytest_containers._base.reference import default_name
 from pytest_containers.errors import (
     ContainerError,
     ContainerStartupError,
+    DeclarationError,
     ImageReferenceError,
-    ServiceError,
     ServiceStartError,
 )
 
 if TYPE_CHECKING:
     from pytest_containers._containers.container import Container, ContainerSpec
-    from pytest_containers._images.build import BuildSpec
+    from pytest_containers._manager.declaration import Declaration
     from pytest_containers._manager.manager import ContainerManager
     from pytest_containers._manager.resets import Reset
+    from pytest_containers.presets import Preset
 
 PER = ("worker", "run")
 #: The fields a template of ``expose=``/``options=`` may use.
-TEMPLATE_FIELDS = ("host", "port", "name", "ip")
+TEMPLATE_FIELDS = ("host", "port", "name", "ip", "url")
 #: The scope key the manager holds services under (one per process, or one per run).
 SCOPE_KEY = "pytest-containers-services"
-_BUILD_KEYWORDS = ("dockerfile", "target", "buildargs")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
 class Service:
-    """One service, as :func:`service` or the ini key declared it."""
+    """One service, as :func:`service` or the ini key declared it: the container's
+    declaration (the marker's, checked by the same path) and what a service adds."""
 
-    name: str
-    image: str | None
-    build: str | None = None
-    build_keywords: tuple[tuple[str, Any], ...] = ()
+    declaration: Declaration
     per: str = "worker"
     expose: tuple[tuple[str, str], ...] = ()
     options: tuple[tuple[str, str], ...] = ()
-    #: The marker's keywords (ports, env, command, wait, network, aliases, ...).
-    keywords: tuple[tuple[str, Any], ...] = ()
-    #: ``reset=``: run before each test of the process but its first (per="worker" only).
-    reset: Reset | None = None
+
+    @property
+    def name(self) -> str:
+        return self.declaration.name
 
     @property
     def display(self) -> str:
         """The image, or ``build:path`` for a built one."""
-        return self.image if self.image is not None else f"build:{self.build}"
+        return self.declaration.images[0]
 
-    def spec(self, *, base_dir: Path) -> tuple[ContainerSpec, BuildSpec | None]:
-        """The container spec (and, with ``build=``, the build) the manager starts."""
-        from pytest_containers._containers.container import ContainerSpec
+    @property
+    def spec(self) -> ContainerSpec:
+        """The container spec the manager starts."""
+        return self.declaration.spec_for()
 
-        keywords = dict(self.keywords)
-        built = None
-        if self.build is not None:
-            from pytest_containers._images.build import BuildSpec
-
-            built = BuildSpec.from_kwargs(
-                self.build,
-                platform=keywords.get("platform"),
-                base_dir=base_dir,
-                **dict(self.build_keywords),
-            )
-        # The service's name names the container too (pytest-containers-<run>-<name>-...).
-        spec = ContainerSpec.from_kwargs(
-            built.ref if built is not None else str(self.image), name=self.name, **keywords
-        )
-        return spec, built
+    @property
+    def reset(self) -> Reset | None:
+        """``reset=``: run before each test of the process but its first (per="worker")."""
+        return self.declaration.reset
 
 
 def service(
-    image: str | None = None,
+    image: str | Preset | None = None,
     *,
     name: str | None = None,
     build: str | os.PathLike[str] | None = None,
@@ -110,37 +97,70 @@ def service(
                 )
             ]
 
-    The arguments are the ``container`` marker's, in its order: the image first, then
-    keywords. ``name`` is the service's name (in the header, the container's name and the
-    ``container_services`` fixture); by default, as for the marker, the image's last path
-    component (``redis`` for ``redis:7``) or the build context's folder name.
-    ``per="worker"`` (default) starts one per xdist worker (one in a plain run);
-    ``per="run"`` one for the whole run, shared by every worker. ``expose`` sets
-    environment variables and ``options`` pytest option values (by ``dest``, only those not
-    given on the command line); their templates may use ``{host}``, ``{port}`` (the only or
-    first published port), ``{port[6379]}``, ``{name}`` (the container's name) and ``{ip}``
-    (its address on its network). The other keywords are the ``container`` marker's
-    (``ports``, ``env``, ``command``, ``wait``, ``network``, ...), and ``build=`` with
-    ``dockerfile=``, ``target=``, ``buildargs=`` builds the image instead. ``reset=`` (a
-    command or a callable taking the container; ``per="worker"`` only) runs before each
-    test of the process but its first.
+    The image (or ``build=``) and the keywords are the ``container`` marker's, checked by
+    the same path; ``name`` defaults as the marker's does (``redis`` for ``redis:7``).
+    ``per="worker"`` (default) starts one per xdist worker, ``per="run"`` one for the
+    whole run. ``expose`` sets environment variables and ``options`` pytest option values
+    (by ``dest``, unless given on the command line), from templates of ``{host}``,
+    ``{port}``, ``{port[6379]}``, ``{name}`` and ``{ip}``. ``reset=`` (``per="worker"``
+    only) runs before each test of the process but its first.
 
-    Raises :class:`~pytest_containers.errors.ServiceError` for a declaration that cannot
-    be used.
+    Raises :class:`~pytest_containers.errors.DeclarationError` for a declaration that
+    cannot be used.
     """
-    shown = image if isinstance(image, str) else None
-    if name is None:
-        name = _default_name(image, build)
+    from pytest_containers._manager.declaration import SERVICE, declare
+
+    shown = name if isinstance(name, str) and name else _default_name(image, build)
+    where = f"service {shown!r}" if shown else "service()"
     try:
-        return _service(image, name, build, per, expose, options, keywords)
-    except ServiceError as error:
-        error.service = name if isinstance(name, str) and name else None
-        error.image = error.image or shown
+        _check_service_keywords(where, name, per, keywords)
+        given = {"scope": "session" if per == "worker" else "run", **keywords}
+        if name is not None:
+            given["name"] = name
+        if build is not None:
+            given["build"] = build
+        declared = Service(
+            declaration=declare(SERVICE, () if image is None else (image,), given, where=where),
+            per=per,
+            expose=_templates(where, "expose", expose),
+            options=_templates(where, "options", options),
+        )
+        _check_templates(declared, where)
+    except DeclarationError as error:
+        error.name = shown
+        error.image = error.image or (image if isinstance(image, str) else None)
         raise
+    return declared
+
+
+def _check_service_keywords(
+    where: str, name: object, per: str, keywords: Mapping[str, Any]
+) -> None:
+    """What a service takes that a marker does not: ``per=``, not ``scope=``; a name fit
+    for a container's; ``reset=`` only for a service of its own worker."""
+    if per not in PER:
+        raise DeclarationError(f"{where}: invalid per={per!r}; choose 'worker' or 'run'")
+    if "scope" in keywords:
+        raise DeclarationError(f"{where}: services take per='worker' or per='run', not scope=")
+    if name is not None and (not isinstance(name, str) or not _NAME.match(name)):
+        raise DeclarationError(
+            f"{where}: name= must be a non-empty string of letters, digits, '_', '.' "
+            f"or '-', got {name!r}"
+        )
+    if keywords.get("reset") is not None and per != "worker":
+        raise DeclarationError(
+            f"{where}: reset= goes with per='worker' only: a per='run' service is shared "
+            "by every xdist worker, and a reset before one worker's test would wipe what "
+            "another worker's test is using"
+        )
 
 
 def _default_name(image: object, build: object) -> str | None:
     """The marker's default: ``redis:7`` -> ``redis``; ``build="tests/app"`` -> ``app``."""
+    from pytest_containers.presets import Preset
+
+    if isinstance(image, Preset):
+        return image.name
     if isinstance(image, str) and image.strip():
         try:
             return default_name(image.strip())
@@ -151,77 +171,13 @@ def _default_name(image: object, build: object) -> str | None:
     return None
 
 
-def _service(
-    image: str | None,
-    name: str | None,
-    build: str | os.PathLike[str] | None,
-    per: str,
-    expose: Mapping[str, str] | None,
-    options: Mapping[str, str] | None,
-    keywords: dict[str, Any],
-) -> Service:
-    where = f"service {name!r}" if isinstance(name, str) and name else "service()"
-    if (image is None) == (build is None):
-        raise ServiceError(
-            f"{where}: pass an image (service('redis:7', name='cache', ...)) or "
-            "build='path/to/context', one of them"
-        )
-    if image is not None and (not isinstance(image, str) or not image.strip()):
-        raise ServiceError(f"{where}: the image must be a non-empty string, got {image!r}")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ServiceError(
-            f"{where}: name= must be a non-empty string of letters, digits, '_', '.' "
-            f"or '-', got {name!r}"
-        )
-    if per not in PER:
-        raise ServiceError(f"{where}: invalid per={per!r}; choose 'worker' or 'run'")
-    build_keywords = {key: keywords.pop(key) for key in _BUILD_KEYWORDS if key in keywords}
-    if build_keywords and build is None:
-        raise ServiceError(
-            f"{where}: {', '.join(build_keywords)} only go with build='path/to/context'"
-        )
-    if "scope" in keywords:
-        raise ServiceError(f"{where}: services take per='worker' or per='run', not scope=")
-    reset = _reset(where, per, keywords.pop("reset", None))
-    declared = Service(
-        name=name,
-        image=image.strip() if image is not None else None,
-        build=os.fspath(build) if build is not None else None,
-        build_keywords=tuple(build_keywords.items()),
-        per=per,
-        expose=_templates(where, "expose", expose),
-        options=_templates(where, "options", options),
-        keywords=tuple(keywords.items()),
-        reset=reset,
-    )
-    _check(declared, where)
-    return declared
-
-
-def _reset(where: str, per: str, reset: Any) -> Reset | None:
-    if reset is None:
-        return None
-    if per != "worker":
-        raise ServiceError(
-            f"{where}: reset= goes with per='worker' only: a per='run' service is shared by "
-            "every xdist worker, and a reset before one worker's test would wipe what "
-            "another worker's test is using"
-        )
-    from pytest_containers._manager.resets import checked_reset
-
-    try:
-        return checked_reset(reset)
-    except ValueError as error:
-        raise ServiceError(f"{where}: {error}") from None
-
-
 def _templates(
     where: str, what: str, value: Mapping[str, str] | None
 ) -> tuple[tuple[str, str], ...]:
     if value is None:
         return ()
     if not isinstance(value, Mapping):
-        raise ServiceError(
+        raise DeclarationError(
             f"{where}: {what}= takes a dict of names to templates, e.g. "
             "{'REDIS_URL': 'redis://{host}:{port}'}, "
             f"got {value!r}"
@@ -229,36 +185,36 @@ def _templates(
     pairs = []
     for key, template in value.items():
         if not isinstance(key, str) or not key or not isinstance(template, str):
-            raise ServiceError(
+            raise DeclarationError(
                 f"{where}: {what}= needs string names and templates, got {key!r}: {template!r}"
             )
         pairs.append((key, template))
     return tuple(pairs)
 
 
-def _check(declared: Service, where: str) -> None:
-    """Validate the keywords (as the marker does) and the templates against the ports."""
-    from pytest_containers._containers.container import ContainerSpec
-
-    keywords = dict(declared.keywords)
-    try:
-        spec = ContainerSpec.from_kwargs(declared.image or "build", name=declared.name, **keywords)
-    except (TypeError, ValueError) as error:
-        raise ServiceError(f"{where}: {error}") from None
+def _check_templates(declared: Service, where: str) -> None:
+    """Check the templates of ``expose=`` and ``options=`` against the published ports."""
+    spec = declared.spec
     for what, pairs in (("expose", declared.expose), ("options", declared.options)):
         for key, template in pairs:
             for field_name in _fields(where, what, key, template):
                 root, _, index = field_name.partition("[")
                 if root not in TEMPLATE_FIELDS:
                     valid = ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
-                    raise ServiceError(
+                    raise DeclarationError(
                         f"{where}: {what}[{key!r}] uses {{{field_name}}}; the fields are "
                         f"{valid} and {{port[6379]}}"
+                    )
+                if root == "url" and not spec.urls:
+                    raise DeclarationError(
+                        f"{where}: {what}[{key!r}] uses {{url}} but the service has no URL "
+                        "of its own; use a preset (service(presets.postgres(), ...)) or "
+                        "urls={'': 'redis://{host}:{port}/0'}"
                     )
                 if root != "port":
                     continue
                 if not spec.ports:
-                    raise ServiceError(
+                    raise DeclarationError(
                         f"{where}: {what}[{key!r}] uses {{{field_name}}} but the service "
                         "publishes no port; add ports=[...]"
                     )
@@ -267,7 +223,7 @@ def _check(declared: Service, where: str) -> None:
 
                     wanted = normalize_port(index.rstrip("]"))
                     if wanted not in spec.ports:
-                        raise ServiceError(
+                        raise DeclarationError(
                             f"{where}: {what}[{key!r}] uses {{{field_name}}} but the service "
                             f"publishes {', '.join(spec.ports)} only"
                         )
@@ -277,7 +233,7 @@ def _fields(where: str, what: str, key: str, template: str) -> list[str]:
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as error:
-        raise ServiceError(
+        raise DeclarationError(
             f"{where}: {what}[{key!r}] is not a valid template ({error}); write a literal "
             "brace as {{ or }}"
         ) from None
@@ -295,7 +251,10 @@ INI_HELP = (
 _INI_LISTS = ("ports", "aliases")
 _INI_PAIRS = {"env": "env", "expose": "expose", "option": "options", "buildarg": "buildargs"}
 _INI_WORDS = ("reset",)
-_INI_PLAIN = ("per", "command", "network", "user", "platform", "build", "dockerfile", "target")
+_INI_PLAIN = (
+    *("per", "command", "network", "user", "platform", "build", "dockerfile", "target"),
+    *("preset", "version"),
+)
 
 
 def parse_ini(lines: Iterable[str]) -> list[Service]:
@@ -315,9 +274,11 @@ def parse_ini_line(line: str) -> Service:
     try:
         words = shlex.split(line, comments=True)
     except ValueError as error:
-        raise ServiceError(f"{where}: {error}") from None
+        raise DeclarationError(f"{where}: {error}") from None
     if not words or "=" in words[0]:
-        raise ServiceError(f"{where}: start with the service's name: NAME IMAGE [key=value ...]")
+        raise DeclarationError(
+            f"{where}: start with the service's name: NAME IMAGE [key=value ...]"
+        )
     name, rest = words[0], words[1:]
     image = None
     if rest and "=" not in rest[0]:
@@ -327,13 +288,13 @@ def parse_ini_line(line: str) -> Service:
     for word in rest:
         key, equals, value = word.partition("=")
         if not equals:
-            raise ServiceError(f"{where}: {word!r} is not key=value")
+            raise DeclarationError(f"{where}: {word!r} is not key=value")
         if key in _INI_LISTS:
             keywords[key] = [item for item in value.split(",") if item]
         elif key in _INI_PAIRS:
             inner, inner_equals, inner_value = value.partition("=")
             if not inner_equals or not inner:
-                raise ServiceError(f"{where}: {key}= takes NAME=VALUE, got {value!r}")
+                raise DeclarationError(f"{where}: {key}= takes NAME=VALUE, got {value!r}")
             pairs.setdefault(_INI_PAIRS[key], {})[inner] = inner_value
         elif key in _INI_WORDS:
             keywords[key] = shlex.split(value)
@@ -343,20 +304,41 @@ def parse_ini_line(line: str) -> Service:
             keywords[key] = value
         else:
             valid = ", ".join(sorted((*_INI_LISTS, *_INI_PAIRS, *_INI_PLAIN, *_INI_WORDS, "wait")))
-            raise ServiceError(f"{where}: unknown key {key!r}; the keys are {valid}")
+            raise DeclarationError(f"{where}: unknown key {key!r}; the keys are {valid}")
     for key in ("env", "buildargs"):
         if key in pairs:
             keywords[key] = pairs[key]
+    declared_image: str | Preset | None = image
+    if "preset" in keywords or "version" in keywords:
+        declared_image = _ini_preset(where, image, keywords)
+    if keywords.get("reset") == ["preset"]:
+        keywords["reset"] = True  # the preset's own reset
     try:
         return service(
-            image,
+            declared_image,
             name=name,
             expose=pairs.get("expose"),
             options=pairs.get("options"),
             **keywords,
         )
-    except ServiceError as error:
-        raise ServiceError(f"{where}: {error}", service=error.service, image=error.image) from None
+    except DeclarationError as error:
+        raise DeclarationError(f"{where}: {error}", name=error.name, image=error.image) from None
+
+
+def _ini_preset(where: str, image: str | None, keywords: dict[str, Any]) -> Preset:
+    """``preset=postgres [version=16]``: the preset, at that version."""
+    from pytest_containers.presets import BY_NAME
+
+    name, version = keywords.pop("preset", None), keywords.pop("version", None)
+    if name is None:
+        raise DeclarationError(f"{where}: version= goes with preset=NAME")
+    if image is not None:
+        raise DeclarationError(f"{where}: give an image or preset=, not both")
+    if name not in BY_NAME:
+        raise DeclarationError(
+            f"{where}: unknown preset {name!r}; the presets are {', '.join(sorted(BY_NAME))}"
+        )
+    return BY_NAME[name](version)
 
 
 def parse_wait(text: str, where: str) -> Any:
@@ -378,18 +360,19 @@ def parse_wait(text: str, where: str) -> Any:
         if kind == "healthy" and not argument:
             return wait.for_healthy()
     except (TypeError, ValueError) as error:
-        raise ServiceError(f"{where}: wait={text!r}: {error}") from None
-    raise ServiceError(
+        raise DeclarationError(f"{where}: wait={text!r}: {error}") from None
+    raise DeclarationError(
         f"{where}: wait={text!r} is not one of log:TEXT, port, port:PORT, "
         "http:PORT/PATH, exec:COMMAND, healthy"
     )
 
 
 def check_unique(services: Sequence[Service]) -> None:
-    names = [s.name for s in services]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    from pytest_containers._manager.declaration import duplicated_names
+
+    duplicates = duplicated_names([s.name for s in services])
     if duplicates:
-        raise ServiceError(
+        raise DeclarationError(
             f"several services are named {', '.join(map(repr, duplicates))} (the ini key "
             "container_services and the pytest_containers_services hooks together); "
             "give each its own name"
@@ -441,7 +424,8 @@ def start_services(
 
 def _start_one(manager: ContainerManager, declared: Service, base_dir: Path) -> Container:
     try:
-        spec, built = declared.spec(base_dir=base_dir)
+        spec = declared.spec
+        built = declared.declaration.build_spec(base_dir)
         if declared.per == "run":
             return manager.start(spec, scope="run", scope_key=SCOPE_KEY, build=built)
         return manager.start(spec, scope="session", scope_key=SCOPE_KEY, build=built)
@@ -513,9 +497,18 @@ def render(template: str, container: Container) -> str:
     that run in a container."""
     ports = container.spec.ports
     host = container.address(ports[0])[0] if ports else container.host
-    return template.format_map(
-        {"host": host, "port": _Ports(container), "name": container.name, "ip": _ip(container)}
-    )
+    fields = {"host": host, "port": _Ports(container), "name": container.name}
+    return template.format_map({**fields, "ip": _ip(container), "url": _Url(container)})
+
+
+class _Url:
+    """``{url}``: the container's own URL (a preset's), made only when a template asks."""
+
+    def __init__(self, container: Container) -> None:
+        self._container = container
+
+    def __format__(self, spec: str) -> str:
+        return format(self._container.url(), spec)
 
 
 def exposed(started: Started) -> tuple[dict[str, str], dict[str, str]]:

@@ -31,19 +31,24 @@ class Starts:
     def __init__(
         self,
         link: EngineLink,
-        parts: tuple[ImageSupply, ScopedContainers, PrivateNetworks, ReuseLeases],
         *,
+        images: ImageSupply,
+        scopes: ScopedContainers,
+        networks: PrivateNetworks,
+        leases: ReuseLeases,
         run_id: str,
         cache_dir: Path,
         labels: Callable[[str], dict[str, str]],
     ) -> None:
         self._link = link
         self.settings = link.settings
+        self._images = images
+        self._scopes = scopes
+        self._networks = networks
+        self._leases = leases
         self.run_id = run_id
         self.cache_dir = cache_dir
         self._labels = labels
-        #: What a start uses: the images, the scopes, the networks, the reuse leases.
-        self._images, self._scopes, self._networks, self._leases = parts
         #: Whether this process started or joined a run-scoped container.
         self.used_run_scope = False
 

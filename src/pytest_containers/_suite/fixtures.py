@@ -9,7 +9,6 @@ inside a test; ``container_client`` is the docker-py client. ``container_fixture
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import pytest
 
-from pytest_containers._suite.markers import Declaration, declarations, declarations_key
+from pytest_containers._suite.markers import declarations, declarations_key, image_for
 from pytest_containers._suite.state import plugin_state
 from pytest_containers.errors import ContainerError, EngineUnavailableError
 
@@ -30,16 +29,18 @@ if TYPE_CHECKING:
     from pytest_containers._containers.container import Container, ContainerSpec
     from pytest_containers._containers.networks import Network
     from pytest_containers._images.build import BuildSpec
+    from pytest_containers._manager.declaration import Declaration
     from pytest_containers._manager.manager import ContainerManager
-    from pytest_containers._manager.resets import Reset
+    from pytest_containers.presets import Preset
 
 used_containers_key = pytest.StashKey[list["Container"]]()
 
 
 class ContainerFactory(Protocol):
-    """``container_factory(image, **keywords) -> Container``, with the marker's keywords."""
+    """``container_factory(image, **keywords) -> Container``, with the marker's keywords;
+    a preset in place of the image."""
 
-    def __call__(self, image: str, **keywords: Any) -> Container: ...
+    def __call__(self, image: str | Preset, **keywords: Any) -> Container: ...
 
 
 def _manager(request: pytest.FixtureRequest) -> ContainerManager:
@@ -173,15 +174,15 @@ def _network_fixture_name(request: pytest.FixtureRequest, made: Any) -> str | No
     return None
 
 
-def _resolve_network(request: pytest.FixtureRequest, keywords: dict[str, Any]) -> None:
-    """Replace a fixture made by network_fixture in ``keywords["network"]`` by the
-    Network it yields (set up now, if it is not yet)."""
-    from pytest_containers._containers.networks import NETWORK_FIXTURE, Network
+def _network_of(request: pytest.FixtureRequest, declaration: Declaration) -> Network | None:
+    """The Network of the network_fixture a declaration names (set up now, if it is not
+    yet), or None when it names none."""
+    from pytest_containers._containers.networks import Network
     from pytest_containers.errors import NetworkError
 
-    made = keywords.get("network")
-    if made is None or isinstance(made, (str, Network)) or not hasattr(made, NETWORK_FIXTURE):
-        return
+    made = declaration.network_fixture
+    if made is None:
+        return None
     name = _network_fixture_name(request, made)
     if name is None:
         raise NetworkError(
@@ -191,7 +192,7 @@ def _resolve_network(request: pytest.FixtureRequest, keywords: dict[str, Any]) -
     value = request.getfixturevalue(name)
     if not isinstance(value, Network):
         raise NetworkError(f"fixture {name!r} gave {value!r}, not a Network", network=name)
-    keywords["network"] = value
+    return value
 
 
 def _group(request: pytest.FixtureRequest, scope: str) -> str:
@@ -200,48 +201,55 @@ def _group(request: pytest.FixtureRequest, scope: str) -> str:
     return f"{scope}:{node.nodeid}"
 
 
-def _plan_declared(
-    request: pytest.FixtureRequest, manager: ContainerManager, declaration: Declaration
+def _plan(
+    request: pytest.FixtureRequest,
+    manager: ContainerManager,
+    declaration: Declaration,
+    *,
+    image: str | None = None,
+    held_by_fixture: bool = False,
 ) -> tuple[Callable[[], Container], Callable[[Container], None]]:
-    """How to start a declared container (safe to call from another thread) and how to
-    hand it to its scope afterwards (in the test's thread, as pytest wants)."""
-    from pytest_containers._containers.container import ContainerSpec
+    """The one lifecycle of a declared container, for markers and fixtures alike: how to
+    start it (safe to call from another thread) and how to hand it to its owner afterwards
+    (in the test's thread, as pytest wants).
 
-    image = declaration.image_for(request.node)
-    keywords = declaration.spec_kwargs()
-    _resolve_network(request, keywords)
-    spec = ContainerSpec.from_kwargs(image, **keywords)
+    A test's own container (function scope, or a fixture's that pytest keeps for the
+    fixture's scope: ``held_by_fixture``) is released when its owner's teardown comes; a
+    shared one is held by the manager for its scope (reset before each test but its first)
+    and ended at that scope's teardown; a run-scoped one is the run's.
+    """
     scope = declaration.scope
-    build = declaration.build
-    if scope == "function":
-        group = _group(request, scope)
-
-        def release_at_teardown(container: Container) -> None:
-            request.addfinalizer(lambda: manager.release(container))
-
+    network = _network_of(request, declaration)
+    spec = declaration.spec_for(image, network)
+    build = declaration.build_spec(request.config.rootpath)
+    if scope == "function" or (held_by_fixture and scope != "run"):
+        group = f"{scope}:{request.node.nodeid}"
         test = request.node.nodeid
 
         def start_own() -> Container:
-            ahead = manager.ahead.take(test, spec)
+            ahead = None if held_by_fixture else manager.ahead.take(test, spec)
             return ahead if ahead is not None else manager.start(spec, build=build, group=group)
+
+        def release_at_teardown(container: Container) -> None:
+            request.addfinalizer(lambda: manager.release(container))
 
         return start_own, release_at_teardown
     node = _scope_node(request, scope) if scope != "run" else request.session
     key = node.nodeid
 
+    def start_shared() -> Container:
+        started = manager.start(
+            spec, scope=scope, scope_key=key, build=build, reuse=declaration.reuse
+        )
+        if declaration.reset is not None:
+            manager.reset_before_use(
+                started, declaration.reset, scope=scope, scope_key=key, spec=spec
+            )
+        return started
+
     def end_with_scope(container: Container) -> None:
         if scope != "run":
             _end_with_scope(manager, node, scope)
-
-    reset = declaration.reset
-
-    reuse = declaration.reuse
-
-    def start_shared() -> Container:
-        started = manager.start(spec, scope=scope, scope_key=key, build=build, reuse=reuse)
-        if reset is not None:
-            manager.reset_before_use(started, reset, scope=scope, scope_key=key, spec=spec)
-        return started
 
     return start_shared, end_with_scope
 
@@ -250,18 +258,15 @@ def ahead_specs(item: pytest.Item) -> list[tuple[ContainerSpec, BuildSpec | None
     """The containers that ``item``'s markers start for it alone, which may be started
     ahead, before its turn: function scope, and no network= (a private network belongs
     to the test; a network fixture is set up only in its turn)."""
-    from pytest_containers._containers.container import ContainerSpec
-
     found: list[tuple[ContainerSpec, BuildSpec | None]] = []
     declared = item.stash.get(declarations_key, None) or []
     if len(_batches(declared)) > 1:
         return []  # a batch starts only once the one before it is ready
     for declaration in declared:
-        keywords = declaration.spec_kwargs()
-        if declaration.scope != "function" or keywords.get("network") is not None:
+        spec = declaration.spec_for(image_for(declaration, item))
+        if declaration.scope != "function" or spec.network is not None:
             continue
-        image = declaration.image_for(item)
-        found.append((ContainerSpec.from_kwargs(image, **keywords), declaration.build))
+        found.append((spec, declaration.build_spec(item.config.rootpath)))
     return found
 
 
@@ -310,7 +315,7 @@ def _end_with_scope(
 def _fail_declared(
     request: pytest.FixtureRequest, declaration: Declaration, error: ContainerError
 ) -> NoReturn:
-    _fail(request, error, image=declaration.image_for(request.node))
+    _fail(request, error, image=image_for(declaration, request.node))
 
 
 @pytest.fixture(autouse=True)
@@ -342,7 +347,8 @@ def containers(request: pytest.FixtureRequest) -> dict[str, Container]:
         plans = []
         for declaration in batch:
             try:
-                plans.append((declaration, *_plan_declared(request, manager, declaration)))
+                image = image_for(declaration, request.node)
+                plans.append((declaration, *_plan(request, manager, declaration, image=image)))
             except ContainerError as error:
                 _fail_declared(request, declaration, error)
         with _waiting(request):
@@ -388,14 +394,14 @@ def container_factory(request: pytest.FixtureRequest) -> Iterator[ContainerFacto
     Takes the marker's keywords; each container is removed when the test ends. Errors are
     raised as the plugin's exceptions (e.g. ContainerStartupError), so a test can expect them.
     """
-    from pytest_containers._containers.container import ContainerSpec
+    from pytest_containers._manager.declaration import FACTORY, declare
 
     manager = _manager(request)
     made: list[Container] = []
 
-    def start(image: str, **keywords: Any) -> Container:
-        _resolve_network(request, keywords)
-        spec = ContainerSpec.from_kwargs(image, **keywords)
+    def start(image: str | Preset, **keywords: Any) -> Container:
+        declaration = declare(FACTORY, (image,), keywords)
+        spec = declaration.spec_for(network=_network_of(request, declaration))
         try:
             with _waiting(request):
                 started = manager.start(spec, group=_group(request, "function"))
@@ -434,32 +440,15 @@ def container_services(request: pytest.FixtureRequest) -> dict[str, Container]:
 _PYTEST_SCOPES = {"run": "session"}
 
 
-def _build_keywords(build: Any, keywords: dict[str, Any], where: str) -> dict[str, Any]:
-    """Pop build=, dockerfile=, target= and buildargs= from ``keywords``, checking that
-    they go together; the BuildSpec itself is made with the rootdir, at first use."""
-    from pytest_containers._suite.markers import BUILD_KEYWORDS
-
-    found = {key: keywords.pop(key) for key in BUILD_KEYWORDS if key in keywords}
-    if found and build is None:
-        raise TypeError(f"{where}: {', '.join(found)} only go with build='path/to/context'")
-    return found
-
-
-def _image_or_build(image: str | None, build: Any, where: str) -> str:
-    if (image is None) == (build is None):
-        raise TypeError(f"{where}: pass an image reference or build='path/to/context'")
-    return image if image is not None else f"build:{build}"
-
-
 def container_fixture(
-    image: str | None = None,
+    image: str | Preset | None = None,
     *,
     build: str | os.PathLike[str] | None = None,
     scope: str = "function",
-    reset: Sequence[str] | Callable[[Container], object] | None = None,
+    reset: Sequence[str] | Callable[[Container], object] | bool | None = None,
     reuse: bool = False,
     **keywords: Any,
-) -> Callable[..., Iterator[Container]]:
+) -> Callable[..., Container]:
     """Make a fixture that yields a ready container; assign it to a module-level name::
 
         redis = container_fixture("redis:7", ports=[6379], scope="module")
@@ -478,149 +467,47 @@ def container_fixture(
     ``reuse=True`` (with a scope broader than the test, not ``"run"``): with
     ``--container-reuse``, the container is kept after the run for the next run with the
     same declaration (see the README's "Reuse across runs").
+
+    Raises :class:`~pytest_containers.errors.DeclarationError` where the module assigns
+    the fixture, for arguments that cannot be used.
     """
-    declared = _fixture_declaration(image, build, scope, reset, reuse, keywords)
+    from pytest_containers._manager.declaration import FIXTURE, declare
 
-    def fixture(request: pytest.FixtureRequest) -> Iterator[Container]:
-        if declared.shared:
-            yield _shared_fixture_container(request, declared)
-        else:
-            yield from _own_fixture_container(request, declared)
-
-    fixture.__doc__ = f"A ready container of {declared.name!r} ({scope} scope)."
+    given = {"scope": scope, "reuse": reuse, **keywords}
+    if build is not None:
+        given["build"] = build
+    if reset is not None:
+        given["reset"] = reset
+    declaration = declare(FIXTURE, () if image is None else (image,), given)
     # With reset= (or reuse=), the fixture runs for each test (to reset), and the manager
-    # shares the container across the scope, as for markers.
-    pytest_scope: Any = "function" if declared.shared else _PYTEST_SCOPES.get(scope, scope)
-    image_declared = None if build is not None else declared.name  # builds: not prefetched
-    made: Callable[..., Iterator[Container]] = _declare(
-        fixture, image_declared, declared.spec.platform, scope=pytest_scope
+    # shares the container across the scope, as for markers; else pytest keeps it.
+    held_by_manager = declaration.reset is not None or declaration.reuse
+    fixture = _container_fixture_function(declaration, held_by_fixture=not held_by_manager)
+    pytest_scope: Any = "function" if held_by_manager else _PYTEST_SCOPES.get(scope, scope)
+    image_declared = None if build is not None else declaration.images[0]  # not prefetched
+    made: Callable[..., Container] = _declare(
+        fixture, image_declared, declaration.platform, scope=pytest_scope
     )
     return made
 
 
-@dataclasses.dataclass(frozen=True)
-class _FixtureDeclaration:
-    """What a ``container_fixture`` declares, checked where it is made."""
+def _container_fixture_function(
+    declaration: Declaration, *, held_by_fixture: bool
+) -> Callable[[pytest.FixtureRequest], Container]:
+    def fixture(request: pytest.FixtureRequest) -> Container:
+        manager = _manager(request)
+        try:
+            start, register = _plan(request, manager, declaration, held_by_fixture=held_by_fixture)
+            with _waiting(request):
+                started = start()
+        except ContainerError as error:
+            _fail(request, error, image=declaration.images[0])
+        register(started)
+        _record_use(request, started)
+        return started
 
-    name: str
-    spec: ContainerSpec
-    #: ``network=`` as written: a network_fixture is resolved in each test's request.
-    network: Any
-    build: str | os.PathLike[str] | None
-    build_keywords: dict[str, Any]
-    scope: str
-    reset: Reset | None
-    reuse: bool
-
-    @property
-    def shared(self) -> bool:
-        """Whether the manager shares the container across the scope (reset= or reuse=)."""
-        return self.reset is not None or self.reuse
-
-
-def _fixture_declaration(
-    image: str | None,
-    build: str | os.PathLike[str] | None,
-    scope: str,
-    reset: Any,
-    reuse: Any,
-    keywords: dict[str, Any],
-) -> _FixtureDeclaration:
-    """Check container_fixture's arguments; errors are TypeError or ValueError, raised
-    where the module assigns the fixture."""
-    from pytest_containers._containers.container import ContainerSpec
-    from pytest_containers._suite.markers import SCOPES, check_reset, check_reuse
-    from pytest_containers.errors import MarkerError
-
-    name = _image_or_build(image, build, "container_fixture")
-    if scope not in SCOPES:
-        valid = ", ".join(repr(s) for s in SCOPES)
-        raise ValueError(f"container_fixture: invalid scope {scope!r}; choose one of {valid}")
-    build_keywords = _build_keywords(build, keywords, "container_fixture")
-    network = keywords.get("network")
-    spec = ContainerSpec.from_kwargs(name, **_checkable(keywords))
-    try:
-        resets = check_reset(reset, scope, "container_fixture")
-        reused = check_reuse(reuse, scope, "container_fixture")
-    except MarkerError as error:
-        raise ValueError(str(error)) from None
-    return _FixtureDeclaration(
-        name, spec, network, build, build_keywords, scope, reset=resets, reuse=reused
-    )
-
-
-def _fixture_specs(
-    request: pytest.FixtureRequest, declared: _FixtureDeclaration
-) -> tuple[ContainerSpec, BuildSpec | None]:
-    """The container's spec on this request's network, and what to build, if anything."""
-    resolved = {"network": declared.network}
-    _resolve_network(request, resolved)
-    own = dataclasses.replace(declared.spec, network=resolved["network"])
-    built = _build_spec(request, declared.build, declared.build_keywords, declared.spec.platform)
-    return own, built
-
-
-def _shared_fixture_container(
-    request: pytest.FixtureRequest, declared: _FixtureDeclaration
-) -> Container:
-    """The container the manager shares across the scope, reset if another test used it."""
-    manager = _manager(request)
-    scope = declared.scope
-    try:
-        own, built = _fixture_specs(request, declared)
-        node = _scope_node(request, scope)
-        with _waiting(request):
-            shared = manager.start(
-                own, scope=scope, scope_key=node.nodeid, build=built, reuse=declared.reuse
-            )
-        _end_with_scope(manager, node, scope)
-        if declared.reset is not None:
-            manager.reset_before_use(
-                shared, declared.reset, scope=scope, scope_key=node.nodeid, spec=own
-            )
-    except ContainerError as error:
-        _fail(request, error, image=declared.name)
-    _record_use(request, shared)
-    return shared
-
-
-def _own_fixture_container(
-    request: pytest.FixtureRequest, declared: _FixtureDeclaration
-) -> Iterator[Container]:
-    """A container of the fixture's own, which pytest keeps for its scope; one for the
-    whole run with scope="run"."""
-    manager = _manager(request)
-    scope = declared.scope
-    try:
-        own, built = _fixture_specs(request, declared)
-        key = request.session.nodeid if scope == "run" else ""
-        # pytest keeps this fixture for its scope; its private networks go with it.
-        group = f"{scope}:{key or request.node.nodeid}"
-        with _waiting(request):
-            started = manager.start(
-                own,
-                scope="run" if scope == "run" else "function",
-                scope_key=key,
-                build=built,
-                group=group,
-            )
-    except ContainerError as error:
-        _fail(request, error, image=declared.name)
-    _record_use(request, started)
-    yield started
-    if scope != "run":
-        manager.release(started)
-
-
-def _checkable(keywords: dict[str, Any]) -> dict[str, Any]:
-    """``keywords`` as ContainerSpec.from_kwargs can check them before the test runs: a
-    network_fixture stands for the Network it will yield."""
-    from pytest_containers._containers.networks import NETWORK_FIXTURE
-
-    network = keywords.get("network")
-    if network is not None and hasattr(network, NETWORK_FIXTURE):
-        return {**keywords, "network": "network-fixture"}
-    return keywords
+    fixture.__doc__ = f"A ready container of {declaration.images[0]!r} ({declaration.scope} scope)."
+    return fixture
 
 
 def network_fixture(
@@ -644,7 +531,7 @@ def network_fixture(
     ``networks.create`` keywords, e.g. ``ipam``) shape it.
     """
     from pytest_containers._containers.networks import NETWORK_FIXTURE
-    from pytest_containers._suite.markers import SCOPES
+    from pytest_containers._manager.declaration import SCOPES
 
     valid = [s for s in SCOPES if s != "run"]
     if scope not in valid:
@@ -680,18 +567,6 @@ def network_fixture(
     return made
 
 
-def _build_spec(
-    request: pytest.FixtureRequest, build: Any, keywords: dict[str, Any], platform: str | None
-) -> BuildSpec | None:
-    if build is None:
-        return None
-    from pytest_containers._images.build import BuildSpec
-
-    return BuildSpec.from_kwargs(
-        build, platform=platform, base_dir=request.config.rootpath, **keywords
-    )
-
-
 def image_fixture(
     image: str | None = None,
     *,
@@ -710,35 +585,36 @@ def image_fixture(
     A built image is built once per content across workers and runs, and not again
     while the context is unchanged; its base images are pulled through the image cache.
     """
-    name = _image_or_build(image, build, "image_fixture")
-    build_keywords = _build_keywords(
-        build,
-        {
-            key: value
-            for key, value in (
-                ("dockerfile", dockerfile),
-                ("target", target),
-                ("buildargs", buildargs),
-            )
-            if value is not None
-        },
-        "image_fixture",
-    )
+    from pytest_containers._manager.declaration import IMAGE, declare
+
+    given = {
+        key: value
+        for key, value in (
+            ("build", build),
+            ("dockerfile", dockerfile),
+            ("target", target),
+            ("buildargs", buildargs),
+            ("platform", platform),
+        )
+        if value is not None
+    }
+    declaration = declare(IMAGE, () if image is None else (image,), given)
+    name = declaration.images[0]
 
     def fixture(request: pytest.FixtureRequest) -> Image:
         manager = _manager(request)
         try:
-            built = _build_spec(request, build, build_keywords, platform)
+            built = declaration.build_spec(request.config.rootpath)
             with _waiting(request):
                 if built is not None:
                     return manager.build(built)
-                return manager.image(name, platform=platform)
+                return manager.image(name, platform=declaration.platform)
         except ContainerError as error:
             _fail(request, error, image=name)
 
     fixture.__doc__ = f"The image {name!r}, pulled (or built) once for the run."
     made: Callable[..., Image] = _declare(
-        fixture, None if build is not None else name, platform, scope=scope
+        fixture, None if build is not None else name, declaration.platform, scope=scope
     )
     return made
 

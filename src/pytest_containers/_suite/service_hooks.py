@@ -26,7 +26,7 @@ from pytest_containers._manager.services import (
     start_services,
 )
 from pytest_containers._suite.state import parser_key, plugin_state
-from pytest_containers.errors import ContainerError, EngineUnavailableError, ServiceError
+from pytest_containers.errors import ContainerError, DeclarationError, EngineUnavailableError
 
 if TYPE_CHECKING:
     from pytest_containers._containers.container import Container
@@ -49,13 +49,13 @@ def declared_services(config: pytest.Config) -> list[Service]:
             items = list(returned) if not isinstance(returned, Service) else [returned]
             for item in items:
                 if not isinstance(item, Service):
-                    raise ServiceError(
+                    raise DeclarationError(
                         "pytest_containers_services must return a list of "
                         f"pytest_containers.service(...), got {item!r} in it"
                     )
                 found.append(item)
         check_unique(found)
-    except ServiceError as error:
+    except DeclarationError as error:
         raise pytest.UsageError(str(error)) from None
     return found
 
@@ -123,7 +123,6 @@ class ServiceHooks:
         self.distributed = False
         self._saved_environ: dict[str, str | None] = {}
         #: Whether a test of this process was set up: the first needs no reset.
-        self._had_a_test = False
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
@@ -194,24 +193,23 @@ class ServiceHooks:
         suite was handed its address, and the next test resets it again."""
         if self.started is None:
             return
-        if not self._had_a_test:
-            self._had_a_test = True
-            return
-        from pytest_containers._manager.resets import describe_reset, run_reset
+        from pytest_containers._manager.services import SCOPE_KEY
 
-        shells = plugin_state(item.config).manager().reset_shells
+        manager = plugin_state(item.config).manager()
         for name, declared in self.started.services.items():
             if declared.reset is None:
                 continue
-            container = self.started.containers[name]
-            failure = run_reset(container, declared.reset, shells)
-            if failure is not None:
-                pytest.fail(
-                    f"{item.nodeid}: the reset of service {name!r} ({declared.display}) by "
-                    f"{describe_reset(declared.reset)} failed: {failure}; the service stays "
-                    "and the next test resets it again",
-                    pytrace=False,
+            try:
+                manager.reset_before_use(
+                    self.started.containers[name],
+                    declared.reset,
+                    scope="session",
+                    scope_key=SCOPE_KEY,
+                    spec=declared.spec,
+                    keep=True,
                 )
+            except ContainerError as error:
+                pytest.fail(f"{item.nodeid}: service {name!r}: {error}", pytrace=False)
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
@@ -280,9 +278,7 @@ def _check_fixed_ports(services: list[Service]) -> None:
     for declared in services:
         if declared.per != "worker":
             continue
-        from pytest_containers._containers.container import ContainerSpec
-
-        spec = ContainerSpec.from_kwargs(declared.image or "build", **dict(declared.keywords))
+        spec = declared.spec
         fixed = [f"{port} on {number}" for port, _ip, number in spec.port_bindings if number]
         if fixed:
             raise pytest.UsageError(
