@@ -1,5 +1,6 @@
-"""Once per run: the recipe by which a pull, a build (and next a migration or a snapshot)
-is done by one process while every other asker waits and then uses what it made.
+"""Once per run: the recipe by which a pull, a build, a run-scoped container (and next a
+migration or a snapshot) is made by one process while every other asker waits and then
+uses what it made.
 
 Threads, xdist workers and concurrent pytest runs on one host may all ask for the same
 thing at the same moment. They agree through two files in the cache directory, given by
@@ -7,8 +8,8 @@ the caller per thing (per engine and reference, per build key): a lock file (an 
 :func:`~pytest_containers._base.locks.exclusive`) and a state file (a JSON record,
 replaced atomically, :func:`~pytest_containers._base.locks.write_json_atomic`).
 
-:meth:`OncePerRun.get` is the whole contract; the image cache and the builder satisfy it
-with their own ``find`` and ``make``:
+:meth:`OncePerRun.get` is the whole contract; the image cache, the builder and the run
+scope satisfy it with their own ``find`` and ``make``:
 
 1. ``find()`` first, without the lock: whatever it returns (not ``None``) is the answer,
    and nothing is locked, read or written. The common case, a thing already there, waits
